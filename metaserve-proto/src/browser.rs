@@ -1,0 +1,335 @@
+//! The game client's side of the protocol: the live server list.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::decoder::{FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
+use crate::error::{Error, ErrorCode};
+use crate::frame::{Frame, FrameType, Hello, Resume, Role, Welcome, PROTOCOL_VERSION};
+
+/// One entry of the list: a game server and its newest heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Server {
+    /// Where players reach the game server: its observed IP address with
+    /// the declared port, or the observed port.
+    pub address: SocketAddr,
+    /// Whether the port was declared by the game server (else observed).
+    pub port_declared: bool,
+    /// The game's heartbeat, opaque to metaserve.
+    pub blob: Bytes,
+    /// The registry revision of this version of the entry.
+    pub revision: u64,
+}
+
+/// Settings of a [`Browser`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserConfig {
+    /// The game's namespace.
+    pub namespace: String,
+    /// Where to resume from; set by [`Browser::reconnect`].
+    pub resume: Option<Resume>,
+    /// Most entries the list may hold; a server sending more is cut off
+    /// with `LIST_TOO_LARGE`. Default 65,536.
+    pub max_entries: usize,
+    /// Largest frame payload accepted. Default 8 KiB + 256 bytes, enough for
+    /// the default maximum blob.
+    pub max_frame_size: usize,
+}
+
+impl BrowserConfig {
+    /// Defaults for browsing `namespace`.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        BrowserConfig {
+            namespace: namespace.into(),
+            resume: None,
+            max_entries: 65_536,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+}
+
+/// What a [`Browser`] reports, in the order the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrowserEvent {
+    /// An entry was added or changed.
+    Upsert(Server),
+    /// An entry was removed.
+    Remove(SocketAddr),
+    /// The list is consistent with the registry at `revision`. The first
+    /// one (and the first after each Reset) marks a complete snapshot; later
+    /// ones end each batch of changes.
+    Synced {
+        /// The revision a reconnect resumes from.
+        revision: u64,
+        /// Whether this completes a snapshot.
+        snapshot: bool,
+    },
+    /// The list was cleared; a fresh snapshot follows.
+    Reset,
+    /// The server refused or ended the session.
+    Rejected {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for humans.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Hello,
+    Accepted,
+    Leaving,
+    Closed,
+}
+
+/// A game client's view of one namespace.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use metaserve_proto::{frame::{Frame, Upsert}, Browser, BrowserConfig, BrowserEvent, Resume, Welcome};
+///
+/// let now = Instant::now();
+/// let mut browser = Browser::new(BrowserConfig::new("quake3"));
+/// let mut hello = Vec::new();
+/// assert!(browser.poll_transmit(now, &mut hello));
+///
+/// // What a server might send: Welcome, one entry, then the end of the snapshot.
+/// let mut wire = Vec::new();
+/// Frame::Welcome(Welcome {
+///     version: 1,
+///     epoch: 99,
+///     max_blob_size: 8192,
+///     heartbeat_interval: Duration::from_secs(1),
+///     update_interval: Duration::from_secs(1),
+///     entry_ttl: Duration::from_secs(30),
+///     publisher: None,
+/// })
+/// .encode(&mut wire);
+/// let address = "192.0.2.7:27960".parse().unwrap();
+/// Frame::Upsert(Upsert { revision: 7, address, port_declared: false, blob: b"map=q3dm17" }).encode(&mut wire);
+/// Frame::Synced { revision: 7 }.encode(&mut wire);
+/// browser.handle_input(now, &wire).unwrap();
+///
+/// assert!(matches!(browser.poll_event(), Some(BrowserEvent::Upsert(s)) if s.address == address));
+/// assert_eq!(browser.poll_event(), Some(BrowserEvent::Synced { revision: 7, snapshot: true }));
+/// assert_eq!(browser.servers().count(), 1);
+/// // After a reconnect, the browser asks for only what changed since revision 7.
+/// assert_eq!(browser.resume_point(), Some(Resume { epoch: 99, cursor: 7 }));
+/// ```
+#[derive(Debug)]
+pub struct Browser {
+    config: BrowserConfig,
+    decoder: FrameDecoder,
+    phase: Phase,
+    welcome: Option<Welcome>,
+    servers: HashMap<SocketAddr, Server>,
+    /// Revision of the last change received; revisions rise within a pass.
+    last_rev: u64,
+    /// Revision of the last Synced, 0 before the first.
+    synced: u64,
+    in_snapshot: bool,
+    events: VecDeque<BrowserEvent>,
+}
+
+impl Browser {
+    /// A browser about to say Hello, with an empty list.
+    pub fn new(config: BrowserConfig) -> Self {
+        Browser {
+            decoder: FrameDecoder::new(config.max_frame_size),
+            config,
+            phase: Phase::Start,
+            welcome: None,
+            servers: HashMap::new(),
+            last_rev: 0,
+            synced: 0,
+            in_snapshot: true,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A new session for a new connection that keeps this browser's list and
+    /// asks the server for only what changed since (see [`Browser::resume_point`]).
+    /// Without a resume point it starts from an empty list.
+    pub fn reconnect(self) -> Browser {
+        let resume = self.resume_point();
+        let mut next = Browser::new(BrowserConfig { resume, ..self.config });
+        if resume.is_some() {
+            next.servers = self.servers;
+            next.in_snapshot = false;
+        }
+        next
+    }
+
+    /// Where a reconnect resumes from: the registry epoch and the revision of
+    /// the last Synced. None before the first Synced.
+    pub fn resume_point(&self) -> Option<Resume> {
+        let resume = self.config.resume;
+        match &self.welcome {
+            Some(w) if self.synced > 0 => Some(Resume { epoch: w.epoch, cursor: self.synced }),
+            Some(_) => None,
+            None => resume,
+        }
+    }
+
+    /// The current list, in no particular order.
+    pub fn servers(&self) -> impl ExactSizeIterator<Item = &Server> + '_ {
+        self.servers.values()
+    }
+
+    /// The entry for `address`, if listed.
+    pub fn server(&self, address: &SocketAddr) -> Option<&Server> {
+        self.servers.get(address)
+    }
+
+    /// Whether the list has been complete since the last snapshot's Synced.
+    pub fn is_synced(&self) -> bool {
+        !self.in_snapshot && self.phase == Phase::Accepted
+    }
+
+    /// The server's Welcome, once received.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Ends the session: the next `poll_transmit` writes Goodbye.
+    pub fn shutdown(&mut self, _now: Instant) {
+        self.phase = match self.phase {
+            Phase::Start | Phase::Closed => Phase::Closed,
+            _ => Phase::Leaving,
+        };
+    }
+
+    /// Browsers have no timers; exists for the common shape of the roles.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Browsers have no timers; exists for the common shape of the roles.
+    pub fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// Appends due frames to `buf` (the Hello, or a Goodbye); returns whether
+    /// it wrote anything.
+    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut Vec<u8>) -> bool {
+        match self.phase {
+            Phase::Start => {
+                Frame::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    role: Role::Browser,
+                    namespace: &self.config.namespace,
+                    token: &[],
+                    declared_port: None,
+                    resume: self.config.resume,
+                })
+                .encode(buf);
+                self.phase = Phase::Hello;
+                true
+            }
+            Phase::Leaving => {
+                Frame::Goodbye.encode(buf);
+                self.phase = Phase::Closed;
+                true
+            }
+            Phase::Hello | Phase::Accepted | Phase::Closed => false,
+        }
+    }
+
+    /// Feeds bytes read from the server, cut anywhere, updating the list and
+    /// queueing events. An error means the driver closes the connection with
+    /// [`Error::code`].
+    pub fn handle_input(&mut self, _now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        if self.phase == Phase::Closed {
+            return Ok(());
+        }
+        let mut decoder = std::mem::replace(&mut self.decoder, FrameDecoder::new(0));
+        let result = decoder.decode(bytes, |frame| self.on_frame(frame));
+        self.decoder = decoder;
+        if result.is_err() {
+            self.phase = Phase::Closed;
+        }
+        result
+    }
+
+    fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), Error> {
+        let unexpected = |frame: FrameType, context| Err(Error::UnexpectedFrame { frame, context });
+        match (self.phase, frame) {
+            (Phase::Closed, _) | (_, Frame::Unknown { .. }) => Ok(()),
+            (_, Frame::Reject(r)) => {
+                self.phase = Phase::Closed;
+                self.events.push_back(BrowserEvent::Rejected { code: r.code, reason: r.reason.to_owned() });
+                Ok(())
+            }
+            (Phase::Hello, Frame::Welcome(w)) => {
+                self.phase = Phase::Accepted;
+                self.welcome = Some(w);
+                Ok(())
+            }
+            (Phase::Hello, frame) => unexpected(frame.frame_type(), "before Welcome"),
+            (Phase::Accepted | Phase::Leaving, Frame::Upsert(u)) => {
+                self.advance(FrameType::UPSERT, u.revision)?;
+                let server = Server {
+                    address: u.address,
+                    port_declared: u.port_declared,
+                    blob: Bytes::copy_from_slice(u.blob),
+                    revision: u.revision,
+                };
+                if !self.servers.contains_key(&u.address) && self.servers.len() >= self.config.max_entries {
+                    return Err(Error::ListTooLarge { max: self.config.max_entries });
+                }
+                self.servers.insert(u.address, server.clone());
+                self.events.push_back(BrowserEvent::Upsert(server));
+                Ok(())
+            }
+            (Phase::Accepted | Phase::Leaving, Frame::Remove { revision, address }) => {
+                self.advance(FrameType::REMOVE, revision)?;
+                // Removals of entries this browser never saw are expected.
+                if self.servers.remove(&address).is_some() {
+                    self.events.push_back(BrowserEvent::Remove(address));
+                }
+                Ok(())
+            }
+            (Phase::Accepted | Phase::Leaving, Frame::Synced { revision }) => {
+                if revision < self.last_rev {
+                    return unexpected(FrameType::SYNCED, "behind the last change");
+                }
+                self.last_rev = revision;
+                self.synced = revision;
+                let snapshot = std::mem::take(&mut self.in_snapshot);
+                self.events.push_back(BrowserEvent::Synced { revision, snapshot });
+                Ok(())
+            }
+            (Phase::Accepted | Phase::Leaving, Frame::Reset) => {
+                self.servers.clear();
+                self.last_rev = 0;
+                self.in_snapshot = true;
+                self.events.push_back(BrowserEvent::Reset);
+                Ok(())
+            }
+            (_, frame) => unexpected(frame.frame_type(), "at a browser"),
+        }
+    }
+
+    /// Revisions rise strictly between Resets; anything else is a broken server.
+    fn advance(&mut self, frame: FrameType, revision: u64) -> Result<(), Error> {
+        if revision <= self.last_rev {
+            return Err(Error::UnexpectedFrame { frame, context: "with a revision that does not increase" });
+        }
+        self.last_rev = revision;
+        Ok(())
+    }
+
+    /// The next event, if any. Events are queued by `handle_input`; drain
+    /// them after each call.
+    pub fn poll_event(&mut self) -> Option<BrowserEvent> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,844 @@
+//! The meta server: one [`Registry`] holds every namespace and every
+//! connection's session, keyed by [`ConnectionHandle`].
+//!
+//! The driver owns the connections. For each one it calls [`Registry::accept`]
+//! once, feeds what it reads to [`Registry::handle_input`], pulls output with
+//! [`Registry::poll_transmit`] whenever the stream can take more, and calls
+//! [`Registry::remove`] when the connection is gone. Registry-wide timers
+//! (handshake and heartbeat timeouts) go through [`Registry::poll_timeout`] and
+//! [`Registry::handle_timeout`]; a browser's next update through
+//! [`Registry::poll_connection_timeout`]. Connections the registry decides to
+//! close are reported by [`Registry::poll_event`].
+
+mod log;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::config::RegistryConfig;
+use crate::decoder::FrameDecoder;
+use crate::error::{Error, ErrorCode};
+use crate::frame::{Frame, Hello, PublisherInfo, Reject, Role, Welcome, PROTOCOL_VERSION};
+use crate::{varint, Server};
+use log::{Cursor, Log, Upserted};
+
+/// Identifies one connection's session in a [`Registry`].
+///
+/// Handles are never reused for a different connection: a handle whose
+/// session was removed is ignored by every method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle {
+    index: u32,
+    generation: u32,
+}
+
+impl fmt::Display for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}.{}", self.index, self.generation)
+    }
+}
+
+/// What the registry reports to its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A Hello was accepted.
+    Accepted {
+        /// The connection.
+        connection: ConnectionHandle,
+        /// What it asked to be.
+        role: Role,
+        /// Its namespace.
+        namespace: Arc<str>,
+        /// For publishers, the address browsers see; for browsers, the peer address.
+        address: SocketAddr,
+        /// Whether a browser's resume request was honoured.
+        resumed: bool,
+    },
+    /// The registry closes this connection. The driver sends what
+    /// [`Registry::poll_transmit`] still yields (a Reject frame), closes the
+    /// QUIC connection with `code` and `reason`, then calls [`Registry::remove`].
+    Closed {
+        /// The connection.
+        connection: ConnectionHandle,
+        /// The application error code to close with.
+        code: ErrorCode,
+        /// The reason phrase to close with.
+        reason: String,
+    },
+}
+
+/// Counts describing a registry at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connected publishers.
+    pub publishers: usize,
+    /// Connected browsers.
+    pub browsers: usize,
+    /// Connections that have not sent Hello yet.
+    pub handshakes: usize,
+    /// Namespaces in existence.
+    pub namespaces: usize,
+    /// Live entries across all namespaces.
+    pub entries: usize,
+    /// Tombstones kept for resuming browsers.
+    pub tombstones: usize,
+    /// Placeholders kept for browsers' cursors; at most one per browser.
+    pub ghosts: usize,
+    /// Newest revision handed out.
+    pub revision: u64,
+    /// Heartbeats that changed an entry, since the registry was created.
+    pub heartbeats_applied: u64,
+    /// Heartbeats identical to the entry's blob (TTL refreshes), since creation.
+    pub heartbeats_unchanged: u64,
+}
+
+/// One namespace as seen by [`Registry::namespaces`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Connected publishers.
+    pub publishers: usize,
+    /// Connected browsers.
+    pub browsers: usize,
+    /// Live entries.
+    pub entries: usize,
+    /// Newest revision in the namespace.
+    pub revision: u64,
+}
+
+#[derive(Debug)]
+struct Namespace {
+    name: Arc<str>,
+    log: Log,
+    /// Entry key → index of the session that publishes it.
+    owners: HashMap<SocketAddr, usize>,
+    publishers: usize,
+    browsers: usize,
+}
+
+#[derive(Debug)]
+struct Publishing {
+    ns: usize,
+    id: u64,
+    key: SocketAddr,
+    port_declared: bool,
+    last_seen: Instant,
+    welcome_pending: bool,
+}
+
+#[derive(Debug)]
+struct Browsing {
+    ns: usize,
+    cursor: Cursor,
+    welcome_pending: bool,
+    reset_pending: bool,
+    /// Revision the current batch runs up to; None between batches.
+    flush_target: Option<u64>,
+    next_flush: Instant,
+}
+
+#[derive(Debug)]
+enum State {
+    Handshaking,
+    Publisher(Publishing),
+    Browser(Browsing),
+    /// Closed by the registry; the Reject frame, if any, is still to be sent.
+    Closing { reject: Option<(ErrorCode, String)> },
+}
+
+#[derive(Debug)]
+struct Session {
+    generation: u32,
+    peer: SocketAddr,
+    decoder: FrameDecoder,
+    state: State,
+}
+
+#[derive(Debug, Default)]
+struct PerIp {
+    publishers: usize,
+    browsers: usize,
+}
+
+/// The meta server's state machine: namespaces, their revision logs, and one
+/// session per connection. No I/O, no clock, no threads.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use std::time::Instant;
+/// use metaserve_proto::{Browser, BrowserConfig, BrowserEvent, Publisher, PublisherConfig, Registry, RegistryConfig};
+///
+/// let now = Instant::now();
+/// let mut registry = Registry::new(RegistryConfig::default(), 42);
+/// let game: SocketAddr = "192.0.2.7:27960".parse().unwrap();
+/// let player: SocketAddr = "198.51.100.1:50000".parse().unwrap();
+///
+/// // A game server publishes its heartbeat.
+/// let mut publisher = Publisher::new(PublisherConfig::new("quake3"), now);
+/// publisher.set_heartbeat("name=Fragfest;map=q3dm17".into(), now).unwrap();
+/// let conn = registry.accept(now, game).unwrap();
+/// let mut wire = Vec::new();
+/// while publisher.poll_transmit(now, &mut wire) {}
+/// registry.handle_input(conn, now, &wire).unwrap();
+///
+/// // A game client browses the namespace.
+/// let mut browser = Browser::new(BrowserConfig::new("quake3"));
+/// let conn = registry.accept(now, player).unwrap();
+/// wire.clear();
+/// while browser.poll_transmit(now, &mut wire) {}
+/// registry.handle_input(conn, now, &wire).unwrap();
+/// wire.clear();
+/// while registry.poll_transmit(conn, now, &mut wire) {}
+/// browser.handle_input(now, &wire).unwrap();
+///
+/// let servers: Vec<_> = browser.servers().collect();
+/// assert_eq!(servers.len(), 1);
+/// assert_eq!(servers[0].address, game);
+/// assert_eq!(&servers[0].blob[..], b"name=Fragfest;map=q3dm17");
+/// ```
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    epoch: u64,
+    revision: u64,
+    sessions: Slab<Session>,
+    next_generation: u32,
+    namespaces: Slab<Namespace>,
+    namespace_ids: HashMap<Arc<str>, usize>,
+    per_ip: HashMap<IpAddr, PerIp>,
+    tokens: HashMap<Box<str>, Vec<Bytes>>,
+    /// (deadline, session index, generation): at most one per live session.
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    events: VecDeque<Event>,
+    stats: Stats,
+    next_publisher_id: u64,
+    shutting_down: bool,
+}
+
+fn deadline(now: Instant, after: Duration) -> Option<Instant> {
+    now.checked_add(after)
+}
+
+fn token_matches(expected: &[u8], given: &[u8]) -> bool {
+    // Constant time in the token's content, so a guesser learns nothing from timing.
+    expected.len() == given.len()
+        && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn validate_namespace(name: &str, max_len: usize) -> Result<(), Error> {
+    if name.is_empty() {
+        Err(Error::InvalidNamespace("empty"))
+    } else if name.len() > max_len {
+        Err(Error::InvalidNamespace("too long"))
+    } else if name.chars().any(char::is_control) {
+        Err(Error::InvalidNamespace("contains control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+impl Registry {
+    /// A registry with `config`, identified by `epoch`.
+    ///
+    /// Browsers resume only within one epoch, so pick a value that differs
+    /// every time a registry is created (random, or the start time in
+    /// nanoseconds); a registry that reused an epoch would accept cursors
+    /// from its predecessor. The value is reduced to 62 bits; 0 becomes 1.
+    pub fn new(config: RegistryConfig, epoch: u64) -> Self {
+        Registry {
+            config,
+            epoch: (epoch & varint::MAX).max(1),
+            revision: 0,
+            sessions: Slab::new(),
+            next_generation: 0,
+            namespaces: Slab::new(),
+            namespace_ids: HashMap::new(),
+            per_ip: HashMap::new(),
+            tokens: HashMap::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            next_publisher_id: 1,
+            shutting_down: false,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// This registry's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Requires publishers of `namespace` to present one of `tokens`. An empty
+    /// list lifts the requirement. Takes effect for Hellos from now on.
+    pub fn set_publish_tokens<T: AsRef<[u8]>>(&mut self, namespace: &str, tokens: impl IntoIterator<Item = T>) {
+        let tokens: Vec<Bytes> = tokens.into_iter().map(|t| Bytes::copy_from_slice(t.as_ref())).collect();
+        if tokens.is_empty() {
+            self.tokens.remove(namespace);
+        } else {
+            self.tokens.insert(namespace.into(), tokens);
+        }
+    }
+
+    /// Registers a new connection from `peer`, which must send Hello within
+    /// the handshake timeout.
+    ///
+    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`] and
+    /// with [`Error::ServerFull`] when `max_handshakes` connections are
+    /// already waiting for their Hello; the driver closes the connection
+    /// with the error's code.
+    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+        if self.shutting_down {
+            return Err(Error::ShuttingDown);
+        }
+        if self.stats.handshakes >= self.config.max_handshakes {
+            return Err(Error::ServerFull { what: "pending handshakes", max: self.config.max_handshakes });
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let entry = self.sessions.vacant_entry();
+        let Ok(index) = u32::try_from(entry.key()) else {
+            return Err(Error::ServerFull { what: "connections", max: u32::MAX as usize });
+        };
+        let idx = entry.key();
+        entry.insert(Session {
+            generation,
+            peer,
+            decoder: FrameDecoder::new(self.config.max_frame_size()),
+            state: State::Handshaking,
+        });
+        if let Some(at) = deadline(now, self.config.handshake_timeout) {
+            self.timers.push(Reverse((at, idx, generation)));
+        }
+        self.stats.handshakes += 1;
+        Ok(ConnectionHandle { index, generation })
+    }
+
+    fn index_of(&self, connection: ConnectionHandle) -> Option<usize> {
+        let idx = connection.index as usize;
+        let session = self.sessions.get(idx)?;
+        (session.generation == connection.generation).then_some(idx)
+    }
+
+    fn handle_at(&self, idx: usize) -> ConnectionHandle {
+        ConnectionHandle {
+            index: idx as u32,
+            generation: self.sessions.get(idx).map_or(0, |s| s.generation),
+        }
+    }
+
+    /// Feeds bytes read from the connection's stream, cut anywhere.
+    ///
+    /// An error means the registry closed the connection: it is also
+    /// reported as [`Event::Closed`], and the session's other connections'
+    /// data is untouched. Input for a closing or unknown connection is ignored.
+    pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        let Some(idx) = self.index_of(connection) else { return Ok(()) };
+        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
+        if matches!(session.state, State::Closing { .. }) {
+            return Ok(());
+        }
+        // The decoder is taken out so that frames can update the registry.
+        let mut decoder = std::mem::replace(&mut session.decoder, FrameDecoder::new(0));
+        let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
+        if let Some(session) = self.sessions.get_mut(idx) {
+            session.decoder = decoder;
+        }
+        if let Err(error) = &result {
+            self.close_session(idx, Some(error.clone()));
+        }
+        result
+    }
+
+    fn on_frame(&mut self, idx: usize, now: Instant, frame: Frame<'_>) -> Result<(), Error> {
+        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
+        match (&mut session.state, frame) {
+            (State::Closing { .. }, _) | (_, Frame::Unknown { .. }) => Ok(()),
+            (State::Handshaking, Frame::Hello(hello)) => self.on_hello(idx, now, hello),
+            (_, Frame::Goodbye) => {
+                self.close_session(idx, None);
+                Ok(())
+            }
+            (State::Publisher(p), Frame::Heartbeat { blob }) => {
+                if blob.len() > self.config.max_blob_size {
+                    return Err(Error::BlobTooLarge { len: blob.len(), max: self.config.max_blob_size });
+                }
+                p.last_seen = now;
+                let Some(ns) = self.namespaces.get_mut(p.ns) else { return Ok(()) };
+                match ns.log.upsert(p.key, blob, p.port_declared, &mut self.revision) {
+                    Upserted::Unchanged => self.stats.heartbeats_unchanged += 1,
+                    Upserted::Inserted | Upserted::Updated => self.stats.heartbeats_applied += 1,
+                }
+                Ok(())
+            }
+            (state, frame) => Err(Error::UnexpectedFrame {
+                frame: frame.frame_type(),
+                context: match state {
+                    State::Handshaking => "before Hello",
+                    State::Publisher(_) => "from a publisher",
+                    _ => "from a browser",
+                },
+            }),
+        }
+    }
+
+    fn on_hello(&mut self, idx: usize, now: Instant, hello: Hello<'_>) -> Result<(), Error> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(Error::UnsupportedVersion(hello.version));
+        }
+        validate_namespace(hello.namespace, self.config.max_namespace_len)?;
+        let Some(peer) = self.sessions.get(idx).map(|s| s.peer) else { return Ok(()) };
+        let per_ip = self.per_ip.get(&peer.ip());
+        match hello.role {
+            Role::Publisher => {
+                if let Some(tokens) = self.tokens.get(hello.namespace) {
+                    if !tokens.iter().any(|t| token_matches(t, hello.token)) {
+                        return Err(Error::Unauthorized);
+                    }
+                }
+                let max = self.config.max_publishers_per_ip;
+                if per_ip.is_some_and(|c| c.publishers >= max) {
+                    return Err(Error::IpLimit { role: Role::Publisher, ip: peer.ip(), max });
+                }
+                if self.stats.publishers >= self.config.max_publishers {
+                    return Err(Error::ServerFull { what: "publishers", max: self.config.max_publishers });
+                }
+            }
+            Role::Browser => {
+                let max = self.config.max_browsers_per_ip;
+                if per_ip.is_some_and(|c| c.browsers >= max) {
+                    return Err(Error::IpLimit { role: Role::Browser, ip: peer.ip(), max });
+                }
+                if self.stats.browsers >= self.config.max_browsers {
+                    return Err(Error::ServerFull { what: "browsers", max: self.config.max_browsers });
+                }
+            }
+        }
+        let ns_idx = self.namespace_for(hello.namespace)?;
+        let Some(ns) = self.namespaces.get_mut(ns_idx) else { return Ok(()) };
+        let per_ip = self.per_ip.entry(peer.ip()).or_default();
+        self.stats.handshakes -= 1;
+        let (state, address, resumed, replaced) = match hello.role {
+            Role::Publisher => {
+                let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
+                let id = self.next_publisher_id;
+                self.next_publisher_id += 1;
+                ns.publishers += 1;
+                per_ip.publishers += 1;
+                self.stats.publishers += 1;
+                // The newest connection for an address takes over its entry.
+                let replaced = ns.owners.insert(key, idx);
+                let state = State::Publisher(Publishing {
+                    ns: ns_idx,
+                    id,
+                    key,
+                    port_declared: hello.declared_port.is_some(),
+                    last_seen: now,
+                    welcome_pending: true,
+                });
+                (state, key, false, replaced)
+            }
+            Role::Browser => {
+                ns.browsers += 1;
+                per_ip.browsers += 1;
+                self.stats.browsers += 1;
+                let head = ns.log.last_rev();
+                let resumable = hello.resume.filter(|r| {
+                    r.epoch == self.epoch && r.cursor >= ns.log.floor() && r.cursor <= self.revision
+                });
+                let cursor = match resumable {
+                    Some(r) => Cursor::resume(r.cursor),
+                    None => Cursor::fresh(head),
+                };
+                let state = State::Browser(Browsing {
+                    ns: ns_idx,
+                    cursor,
+                    welcome_pending: true,
+                    reset_pending: hello.resume.is_some() && resumable.is_none(),
+                    flush_target: Some(head.max(cursor.rev)),
+                    next_flush: deadline(now, self.config.update_interval).unwrap_or(now),
+                });
+                (state, peer, resumable.is_some(), None)
+            }
+        };
+        let namespace = ns.name.clone();
+        if let Some(session) = self.sessions.get_mut(idx) {
+            session.state = state;
+        }
+        self.events.push_back(Event::Accepted {
+            connection: self.handle_at(idx),
+            role: hello.role,
+            namespace,
+            address,
+            resumed,
+        });
+        if let Some(old) = replaced.filter(|&old| old != idx) {
+            self.close_session(old, Some(Error::Replaced));
+        }
+        Ok(())
+    }
+
+    fn namespace_for(&mut self, name: &str) -> Result<usize, Error> {
+        if let Some(&idx) = self.namespace_ids.get(name) {
+            return Ok(idx);
+        }
+        if self.namespaces.len() >= self.config.max_namespaces {
+            return Err(Error::NamespaceLimit { max: self.config.max_namespaces });
+        }
+        let name: Arc<str> = name.into();
+        let idx = self.namespaces.insert(Namespace {
+            name: name.clone(),
+            // Revisions are registry-wide, so a re-created namespace's floor
+            // lies above every cursor handed out by its previous incarnation.
+            log: Log::new(self.revision),
+            owners: HashMap::new(),
+            publishers: 0,
+            browsers: 0,
+        });
+        self.namespace_ids.insert(name, idx);
+        Ok(idx)
+    }
+
+    /// Moves the session to Closing, releases what it held, reports it.
+    /// `None` is a graceful close (Goodbye).
+    fn close_session(&mut self, idx: usize, error: Option<Error>) {
+        let Some(session) = self.sessions.get_mut(idx) else { return };
+        if matches!(session.state, State::Closing { .. }) {
+            return;
+        }
+        let (code, reason) = match &error {
+            Some(error) => (error.code(), error.to_string()),
+            None => (ErrorCode::NO_ERROR, "goodbye".to_owned()),
+        };
+        let reject = error.is_some().then(|| (code, reason.clone()));
+        let state = std::mem::replace(&mut session.state, State::Closing { reject });
+        let ip = session.peer.ip();
+        self.release(idx, ip, state);
+        let connection = self.handle_at(idx);
+        self.events.push_back(Event::Closed { connection, code, reason });
+    }
+
+    fn release(&mut self, idx: usize, ip: IpAddr, state: State) {
+        let ns_idx = match state {
+            State::Closing { .. } => return,
+            State::Handshaking => {
+                self.stats.handshakes -= 1;
+                return;
+            }
+            State::Publisher(p) => {
+                self.stats.publishers -= 1;
+                if let Some(c) = self.per_ip.get_mut(&ip) {
+                    c.publishers -= 1;
+                }
+                if let Some(ns) = self.namespaces.get_mut(p.ns) {
+                    ns.publishers -= 1;
+                    if ns.owners.get(&p.key) == Some(&idx) {
+                        ns.owners.remove(&p.key);
+                        ns.log.remove(&p.key, &mut self.revision, self.config.max_tombstones);
+                    }
+                }
+                p.ns
+            }
+            State::Browser(mut b) => {
+                self.stats.browsers -= 1;
+                if let Some(c) = self.per_ip.get_mut(&ip) {
+                    c.browsers -= 1;
+                }
+                if let Some(ns) = self.namespaces.get_mut(b.ns) {
+                    ns.browsers -= 1;
+                    ns.log.release(&mut b.cursor);
+                }
+                b.ns
+            }
+        };
+        if self.per_ip.get(&ip).is_some_and(|c| c.publishers == 0 && c.browsers == 0) {
+            self.per_ip.remove(&ip);
+        }
+        if self.namespaces.get(ns_idx).is_some_and(|ns| ns.publishers == 0 && ns.browsers == 0) {
+            let ns = self.namespaces.remove(ns_idx);
+            self.namespace_ids.remove(&ns.name);
+        }
+    }
+
+    /// The connection is gone (closed by either side): releases its session.
+    /// Its entry, if it published one, is removed.
+    pub fn remove(&mut self, connection: ConnectionHandle) {
+        let Some(idx) = self.index_of(connection) else { return };
+        let session = self.sessions.remove(idx);
+        self.release(idx, session.peer.ip(), session.state);
+    }
+
+    /// Appends the connection's due output to `buf`; returns whether it wrote
+    /// anything. Call it while the stream can take more and it returns true.
+    ///
+    /// Browsers get their changes here, built on demand from the revision log:
+    /// a browser that does not read costs nothing but its cursor.
+    pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let Some(idx) = self.index_of(connection) else { return false };
+        let start = buf.len();
+        let Some(session) = self.sessions.get_mut(idx) else { return false };
+        match &mut session.state {
+            State::Handshaking | State::Closing { reject: None } => {}
+            State::Closing { reject } => {
+                if let Some((code, reason)) = reject.take() {
+                    Frame::Reject(Reject { code, reason: &reason }).encode(buf);
+                }
+            }
+            State::Publisher(p) => {
+                if std::mem::take(&mut p.welcome_pending) {
+                    let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
+                    Frame::Welcome(welcome(&self.config, self.epoch, Some(info))).encode(buf);
+                }
+            }
+            State::Browser(b) => {
+                let Some(ns) = self.namespaces.get_mut(b.ns) else { return false };
+                if std::mem::take(&mut b.welcome_pending) {
+                    Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(buf);
+                }
+                let log = &mut ns.log;
+                if b.flush_target.is_none() && now >= b.next_flush {
+                    if log.last_rev() > b.cursor.rev {
+                        b.flush_target = Some(log.last_rev());
+                    }
+                    b.next_flush = deadline(now, self.config.update_interval).unwrap_or(now);
+                }
+                if let Some(mut target) = b.flush_target {
+                    if log.floor() > b.cursor.rev.max(b.cursor.skip_tombstones_upto) {
+                        // Tombstones this browser needs were pruned: start over.
+                        log.release(&mut b.cursor);
+                        b.cursor = Cursor::fresh(log.last_rev());
+                        b.reset_pending = true;
+                        target = log.last_rev();
+                    }
+                    if std::mem::take(&mut b.reset_pending) {
+                        Frame::Reset.encode(buf);
+                    }
+                    let limit = start.saturating_add(self.config.transmit_chunk);
+                    if log.walk(&mut b.cursor, target, buf, limit) {
+                        Frame::Synced { revision: b.cursor.rev }.encode(buf);
+                        b.flush_target = None;
+                    } else {
+                        b.flush_target = Some(target);
+                    }
+                }
+            }
+        }
+        buf.len() > start
+    }
+
+    /// When the connection next has output without new input: a browser's
+    /// next update. `None` when only input can produce output.
+    pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
+        let session = self.sessions.get(self.index_of(connection)?)?;
+        match &session.state {
+            State::Browser(b) => Some(b.next_flush),
+            _ => None,
+        }
+    }
+
+    /// The earliest registry-wide deadline (handshake or heartbeat timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Closes connections whose handshake or heartbeat timed out by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, idx, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get(idx).filter(|s| s.generation == generation) else {
+                continue;
+            };
+            match &session.state {
+                State::Handshaking => self.close_session(idx, Some(Error::HandshakeTimeout)),
+                State::Publisher(p) => match deadline(p.last_seen, self.config.entry_ttl) {
+                    Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
+                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation))),
+                    None => {}
+                },
+                State::Browser(_) | State::Closing { .. } => {}
+            }
+        }
+        // Timers of removed sessions stay queued until due; keep them bounded.
+        if self.timers.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.timers.retain(|Reverse((_, idx, generation))| {
+                sessions.get(*idx).is_some_and(|s| {
+                    s.generation == *generation && matches!(s.state, State::Handshaking | State::Publisher(_))
+                })
+            });
+        }
+    }
+
+    /// The next event for the driver, if any. Drain after every call that
+    /// takes input or time.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Closes every connection with `SHUTTING_DOWN` and refuses new ones.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let open: Vec<usize> = self.sessions.iter().map(|(idx, _)| idx).collect();
+        for idx in open {
+            self.close_session(idx, Some(Error::ShuttingDown));
+        }
+    }
+
+    /// Counts across the registry.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        stats.namespaces = self.namespaces.len();
+        stats.revision = self.revision;
+        for (_, ns) in &self.namespaces {
+            stats.entries += ns.log.live();
+            stats.tombstones += ns.log.tombstones();
+            stats.ghosts += ns.log.ghosts();
+        }
+        stats
+    }
+
+    /// Every namespace with its counts.
+    pub fn namespaces(&self) -> impl Iterator<Item = NamespaceInfo> + '_ {
+        self.namespaces.iter().map(|(_, ns)| NamespaceInfo {
+            name: ns.name.clone(),
+            publishers: ns.publishers,
+            browsers: ns.browsers,
+            entries: ns.log.live(),
+            revision: ns.log.last_rev(),
+        })
+    }
+
+    /// The live entries of `namespace`, in revision order (oldest change first).
+    pub fn servers(&self, namespace: &str) -> impl Iterator<Item = Server> + '_ {
+        let log = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx)).map(|ns| &ns.log);
+        log.into_iter().flat_map(Log::entries).map(|(revision, address, port_declared, blob)| Server {
+            address,
+            port_declared,
+            blob: blob.clone(),
+            revision,
+        })
+    }
+
+    /// Bytes the registry holds for this one connection: the session record
+    /// and its partial-frame buffer. A browser's is constant however far
+    /// behind it falls, since the changes it has yet to receive are built
+    /// from the shared log when it reads.
+    pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
+        let session = self.sessions.get(self.index_of(connection)?)?;
+        let reason = match &session.state {
+            State::Closing { reject: Some((_, reason)) } => reason.capacity(),
+            _ => 0,
+        };
+        Some(std::mem::size_of::<Session>() + session.decoder.allocated() + reason)
+    }
+
+    /// Nodes (entries, tombstones, ghosts) held by all revision logs.
+    pub fn log_nodes(&self) -> usize {
+        self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
+    }
+
+    /// Checks the registry's internal consistency: counts, per-IP tallies,
+    /// entry ownership, and each revision log's links, order and pins.
+    /// Meant for tests and fuzz targets; O(size of the registry).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let (mut publishers, mut browsers, mut handshakes) = (0, 0, 0);
+        let mut per_ip: HashMap<IpAddr, (usize, usize)> = HashMap::new();
+        let mut per_ns: HashMap<usize, (usize, usize, u64)> = HashMap::new();
+        for (idx, session) in &self.sessions {
+            match &session.state {
+                State::Handshaking => handshakes += 1,
+                State::Publisher(p) => {
+                    publishers += 1;
+                    per_ip.entry(session.peer.ip()).or_default().0 += 1;
+                    per_ns.entry(p.ns).or_default().0 += 1;
+                    let ns = self.namespaces.get(p.ns).ok_or("publisher in a missing namespace")?;
+                    if ns.owners.get(&p.key) != Some(&idx) {
+                        return Err(format!("publisher {idx} does not own its key {}", p.key));
+                    }
+                }
+                State::Browser(b) => {
+                    browsers += 1;
+                    per_ip.entry(session.peer.ip()).or_default().1 += 1;
+                    let counts = per_ns.entry(b.ns).or_default();
+                    counts.1 += 1;
+                    counts.2 += u64::from(b.cursor.is_pinned());
+                    if b.cursor.rev > self.revision {
+                        return Err(format!("browser {idx} cursor {} beyond revision {}", b.cursor.rev, self.revision));
+                    }
+                }
+                State::Closing { .. } => {}
+            }
+        }
+        let s = &self.stats;
+        if (publishers, browsers, handshakes) != (s.publishers, s.browsers, s.handshakes) {
+            return Err(format!(
+                "session counts {:?} != recorded {:?}",
+                (publishers, browsers, handshakes),
+                (s.publishers, s.browsers, s.handshakes)
+            ));
+        }
+        if per_ip.len() != self.per_ip.len() {
+            return Err("per-IP table holds addresses without sessions".into());
+        }
+        for (ip, (p, b)) in &per_ip {
+            let c = self.per_ip.get(ip).ok_or("per-IP tally missing")?;
+            if (c.publishers, c.browsers) != (*p, *b) {
+                return Err(format!("per-IP tally for {ip} wrong"));
+            }
+        }
+        if self.namespace_ids.len() != self.namespaces.len() {
+            return Err("namespace name table out of step".into());
+        }
+        for (idx, ns) in &self.namespaces {
+            let (p, b, pins) = per_ns.get(&idx).copied().unwrap_or_default();
+            if (p, b) != (ns.publishers, ns.browsers) || p + b == 0 {
+                return Err(format!("namespace {} counts wrong or empty namespace kept", ns.name));
+            }
+            if self.namespace_ids.get(&ns.name) != Some(&idx) {
+                return Err(format!("namespace {} not indexed", ns.name));
+            }
+            if ns.owners.len() != p {
+                return Err(format!("namespace {}: {} owners for {p} publishers", ns.name, ns.owners.len()));
+            }
+            if ns.log.last_rev() > self.revision {
+                return Err(format!("namespace {} ahead of the registry revision", ns.name));
+            }
+            ns.log.check(pins).map_err(|e| format!("namespace {}: {e}", ns.name))?;
+            for (_, key, _, _) in ns.log.entries() {
+                if !ns.owners.contains_key(&key) {
+                    return Err(format!("namespace {}: entry {key} has no connected publisher", ns.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn welcome(config: &RegistryConfig, epoch: u64, publisher: Option<PublisherInfo>) -> Welcome {
+    Welcome {
+        version: PROTOCOL_VERSION,
+        epoch,
+        max_blob_size: config.max_blob_size as u64,
+        heartbeat_interval: config.heartbeat_interval,
+        update_interval: config.update_interval,
+        entry_ttl: config.entry_ttl,
+        publisher,
+    }
+}
