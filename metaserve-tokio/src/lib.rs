@@ -1,0 +1,108 @@
+//! metaserve on tokio: publish a game server, browse the live list, or embed
+//! a complete meta server, over QUIC with [quinn](https://docs.rs/quinn) 0.11.
+//!
+//! You establish the quinn connections yourself (any configuration works;
+//! [`tls`] has helpers with the right ALPN and transport limits), then:
+//!
+//! ```no_run
+//! # async fn game(connection: quinn::Connection) -> Result<(), metaserve_tokio::ClientError> {
+//! use futures_util::StreamExt;
+//! use metaserve_tokio::{browse, publish, BrowseOptions, BrowserEvent, PublishOptions};
+//!
+//! // A game server: publish a heartbeat every time the game state changes.
+//! let heartbeats = futures_util::stream::iter(["map=q3dm17;players=3".into()]);
+//! publish(&connection, PublishOptions::new("quake3"), heartbeats).await?;
+//!
+//! // A game client: the live list.
+//! let mut list = browse(&connection, BrowseOptions::new("quake3")).await?;
+//! while let Some(event) = list.next().await {
+//!     if let BrowserEvent::Synced { .. } = event? {
+//!         println!("{} servers", list.servers().len());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A complete meta server inside any tokio program (a running example is
+//! in this crate's tests):
+//!
+//! ```no_run
+//! # async fn server() -> Result<(), Box<dyn std::error::Error>> {
+//! use metaserve_tokio::{tls, MetaServer, RegistryConfig};
+//!
+//! let cert = tls::DevCertificate::generate()?;
+//! let config = RegistryConfig::default();
+//! let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config)?;
+//! let endpoint = metaserve_tokio::server_endpoint("[::]:27950".parse()?, server_config)?;
+//! let server = MetaServer::new(config);
+//! let handle = server.handle(); // stats() and shutdown() from anywhere
+//! server.serve(endpoint).await;
+//! # let _ = handle; Ok(()) }
+//! ```
+//!
+//! The driver loop lives in `metaserve-quinn` and is shared with
+//! `metaserve-async-std`; this crate passes it tokio's quinn runtime.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use quinn::{Connection, Endpoint, TokioRuntime};
+
+pub use metaserve_quinn::{
+    browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode,
+    MetaServerHandle, NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats,
+    Welcome, ALPN,
+};
+
+/// Publishes `heartbeats` on `connection` until the stream ends, then says
+/// Goodbye so the entry disappears at once. Each item replaces the previous
+/// one if it was not sent yet; see [`metaserve_quinn::publish`].
+pub async fn publish<S>(
+    connection: &Connection,
+    options: PublishOptions,
+    heartbeats: S,
+) -> Result<(), ClientError>
+where
+    S: Stream<Item = Bytes>,
+{
+    metaserve_quinn::publish(Arc::new(TokioRuntime), connection, options, heartbeats).await
+}
+
+/// A meta server running on tokio. See [`metaserve_quinn::MetaServer`].
+#[derive(Debug)]
+pub struct MetaServer(metaserve_quinn::MetaServer);
+
+impl MetaServer {
+    /// A meta server with `config`. Call from within a tokio runtime.
+    pub fn new(config: RegistryConfig) -> Self {
+        MetaServer(metaserve_quinn::MetaServer::new(
+            Arc::new(TokioRuntime),
+            config,
+        ))
+    }
+
+    /// A handle for statistics, the live lists, tokens and shutdown.
+    pub fn handle(&self) -> MetaServerHandle {
+        self.0.handle()
+    }
+
+    /// Serves `endpoint` until shutdown; see [`metaserve_quinn::MetaServer::serve`].
+    pub async fn serve(&self, endpoint: Endpoint) {
+        self.0.serve(endpoint).await
+    }
+}
+
+/// Binds a meta server endpoint on `addr`. Call from within a tokio runtime.
+pub fn server_endpoint(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<Endpoint> {
+    metaserve_quinn::server_endpoint(Arc::new(TokioRuntime), addr, config)
+}
+
+/// Binds a client endpoint on `addr` (port 0 for any) using `config` for
+/// its connections. Call from within a tokio runtime.
+pub fn client_endpoint(addr: SocketAddr, config: quinn::ClientConfig) -> std::io::Result<Endpoint> {
+    metaserve_quinn::client_endpoint(Arc::new(TokioRuntime), addr, config)
+}
