@@ -36,12 +36,7 @@ pub(crate) struct Cli {
     pub(crate) dev: bool,
 
     /// Where --dev writes the generated certificate (PEM)
-    #[arg(
-        long,
-        value_name = "PEM",
-        default_value = "metaserve-dev-cert.pem",
-        requires = "dev"
-    )]
+    #[arg(long, value_name = "PEM", default_value = "metaserve-dev-cert.pem", requires = "dev")]
     pub(crate) dev_cert: PathBuf,
 
     /// TOML file with the same settings plus per-namespace publish tokens

@@ -28,9 +28,7 @@ use crate::settings::{Identity, Settings};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let run = || -> anyhow::Result<()> {
@@ -55,28 +53,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Identity::Files { cert, key } => (tls::load_certs(cert)?, tls::load_key(key)?, None),
         Identity::Dev { write_to } => {
             let dev = tls::DevCertificate::generate()?;
-            std::fs::write(write_to, &dev.cert_pem).with_context(|| {
-                format!(
-                    "cannot write the development certificate to {}",
-                    write_to.display()
-                )
-            })?;
+            std::fs::write(write_to, &dev.cert_pem)
+                .with_context(|| format!("cannot write the development certificate to {}", write_to.display()))?;
             let (cert, key) = (dev.cert.clone(), dev.key.clone_key());
             (vec![cert], key, Some(dev))
         }
     };
-    let server_config = tls::server_config(certs, key, &settings.registry).with_context(|| {
-        match &settings.identity {
+    let server_config =
+        tls::server_config(certs, key, &settings.registry).with_context(|| match &settings.identity {
             Identity::Files { cert, key } => {
-                format!(
-                    "certificate {} and key {} cannot be used together",
-                    cert.display(),
-                    key.display()
-                )
+                format!("certificate {} and key {} cannot be used together", cert.display(), key.display())
             }
             Identity::Dev { .. } => "development certificate unusable".to_owned(),
-        }
-    })?;
+        })?;
     let endpoint = metaserve_tokio::server_endpoint(settings.listen, server_config)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = endpoint.local_addr().context("reading the bound address")?;
@@ -111,11 +100,7 @@ fn print_dev_instructions(
     fingerprint: &tls::Fingerprint,
 ) -> std::io::Result<()> {
     // Clients on this machine reach a wildcard listener through loopback.
-    let target = if addr.ip().is_unspecified() {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-    } else {
-        addr
-    };
+    let target = if addr.ip().is_unspecified() { SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())) } else { addr };
     writeln!(out, "development certificate written to {}", cert.display())?;
     writeln!(out, "SHA-256 fingerprint: {fingerprint}")?;
     writeln!(out, "connect the examples with:")?;

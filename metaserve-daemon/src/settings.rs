@@ -46,8 +46,7 @@ pub(crate) struct Settings {
 pub(crate) const DEFAULT_LISTEN: &str = "[::]:27950";
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     // toml's message names the line and column and quotes the offending text.
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
@@ -55,16 +54,11 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 impl Settings {
     pub(crate) fn load(cli: Cli) -> anyhow::Result<Settings> {
         let (file, base) = match &cli.config {
-            Some(path) => (
-                read_file(path)?,
-                path.parent().map(Path::to_owned).unwrap_or_default(),
-            ),
+            Some(path) => (read_file(path)?, path.parent().map(Path::to_owned).unwrap_or_default()),
             None => (FileConfig::default(), PathBuf::new()),
         };
         let identity = if cli.dev {
-            Identity::Dev {
-                write_to: cli.dev_cert,
-            }
+            Identity::Dev { write_to: cli.dev_cert }
         } else {
             // Paths in the config file are relative to the file.
             let cert = cli.cert.or_else(|| file.cert.map(|p| base.join(p)));
@@ -82,10 +76,7 @@ impl Settings {
         let mut tokens = BTreeMap::new();
         for (namespace, ns) in file.namespaces {
             if namespace.is_empty() || namespace.len() > registry.max_namespace_len {
-                bail!(
-                    "config: namespace {namespace:?} must have 1 to {} bytes",
-                    registry.max_namespace_len
-                );
+                bail!("config: namespace {namespace:?} must have 1 to {} bytes", registry.max_namespace_len);
             }
             for token in &ns.tokens {
                 if token.is_empty() || token.len() > registry.max_token_len {
@@ -98,12 +89,7 @@ impl Settings {
             tokens.insert(namespace, ns.tokens);
         }
         let default_listen = DEFAULT_LISTEN.parse().context("default listen address")?;
-        Ok(Settings {
-            listen: cli.listen.or(file.listen).unwrap_or(default_listen),
-            identity,
-            registry,
-            tokens,
-        })
+        Ok(Settings { listen: cli.listen.or(file.listen).unwrap_or(default_listen), identity, registry, tokens })
     }
 }
 
@@ -128,8 +114,7 @@ mod tests {
     use clap::Parser;
 
     fn write(name: &str, text: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("metaserve-settings-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("metaserve-settings-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("metaserve.toml");
         std::fs::write(&path, text).unwrap();
@@ -137,8 +122,7 @@ mod tests {
     }
 
     fn load(args: &[&str]) -> anyhow::Result<Settings> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("metaserve-daemon").chain(args.iter().copied()))?;
+        let cli = Cli::try_parse_from(std::iter::once("metaserve-daemon").chain(args.iter().copied()))?;
         Settings::load(cli)
     }
 
@@ -157,22 +141,10 @@ mod tests {
             tokens = ["sesame"]
             "#,
         );
-        let settings = load(&[
-            "--config",
-            path.to_str().unwrap(),
-            "--max-blob-size",
-            "2000",
-        ])
-        .unwrap();
+        let settings = load(&["--config", path.to_str().unwrap(), "--max-blob-size", "2000"]).unwrap();
         assert_eq!(settings.registry.max_blob_size, 2000);
-        assert_eq!(
-            settings.registry.entry_ttl,
-            std::time::Duration::from_secs(45)
-        );
-        assert_eq!(
-            settings.registry.max_publishers_per_ip,
-            RegistryConfig::default().max_publishers_per_ip
-        );
+        assert_eq!(settings.registry.entry_ttl, std::time::Duration::from_secs(45));
+        assert_eq!(settings.registry.max_publishers_per_ip, RegistryConfig::default().max_publishers_per_ip);
         assert_eq!(settings.listen, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(settings.tokens["quake3"], ["sesame"]);
         match settings.identity {
@@ -185,24 +157,24 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_file_and_line() {
-        let path = write(
-            "badkey",
-            "listen = \"127.0.0.1:4000\"\n[limits]\nmax_blob_sise = 10\n",
-        );
-        let err = format!(
-            "{:#}",
-            load(&["--dev", "--config", path.to_str().unwrap()]).unwrap_err()
-        );
+        let path = write("badkey", "listen = \"127.0.0.1:4000\"\n[limits]\nmax_blob_sise = 10\n");
+        let err = format!("{:#}", load(&["--dev", "--config", path.to_str().unwrap()]).unwrap_err());
         assert!(err.contains(path.to_str().unwrap()), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("max_blob_sise"), "{err}");
 
         let path = write("badduration", "[limits]\nentry_ttl = \"soon\"\n");
-        let err = format!(
-            "{:#}",
-            load(&["--dev", "--config", path.to_str().unwrap()]).unwrap_err()
-        );
+        let err = format!("{:#}", load(&["--dev", "--config", path.to_str().unwrap()]).unwrap_err());
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("metaserve.example.toml");
+        let settings = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(settings.registry, RegistryConfig::default());
+        assert_eq!(settings.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(settings.tokens.is_empty());
     }
 
     #[test]
