@@ -1,6 +1,8 @@
 //! The tokio driver over real quinn connections on loopback, with an
 //! embedded MetaServer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
