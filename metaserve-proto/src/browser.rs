@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::decoder::{FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
+use crate::decoder::FrameDecoder;
 use crate::error::{Error, ErrorCode};
 use crate::frame::{Frame, FrameType, Hello, Resume, Role, Welcome, PROTOCOL_VERSION};
 
@@ -34,8 +34,9 @@ pub struct BrowserConfig {
     /// Most entries the list may hold; a server sending more is cut off
     /// with `LIST_TOO_LARGE`. Default 65,536.
     pub max_entries: usize,
-    /// Largest frame payload accepted. Default 8 KiB + 256 bytes, enough for
-    /// the default maximum blob.
+    /// Largest frame payload accepted; it must exceed the server's maximum
+    /// blob size (its Welcome states it) by 256 bytes. Default 64 KiB + 256
+    /// bytes, eight times the server's default maximum blob.
     pub max_frame_size: usize,
 }
 
@@ -46,7 +47,7 @@ impl BrowserConfig {
             namespace: namespace.into(),
             resume: None,
             max_entries: 65_536,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_frame_size: 64 * 1024 + 256,
         }
     }
 }

@@ -97,6 +97,15 @@ pub enum DecodeError {
         /// The receiver's maximum payload length.
         max: usize,
     },
+    /// A Hello or Welcome of another protocol version: its remaining fields
+    /// may be laid out differently, so they are not decoded.
+    #[error("{frame} of unsupported protocol version {version}; this implementation speaks version 1")]
+    UnsupportedVersion {
+        /// Hello or Welcome.
+        frame: FrameType,
+        /// The version the peer speaks.
+        version: u64,
+    },
     /// A known frame whose payload does not follow the specification.
     #[error("malformed {frame} frame: {what}")]
     Malformed {
@@ -130,9 +139,6 @@ pub enum Error {
         /// Where it arrived, e.g. "before Hello".
         context: &'static str,
     },
-    /// The peer speaks another protocol version.
-    #[error("unsupported protocol version {0}; this server speaks version 1")]
-    UnsupportedVersion(u64),
     /// No Hello within the handshake timeout.
     #[error("no Hello within the handshake timeout")]
     HandshakeTimeout,
@@ -199,7 +205,7 @@ impl Error {
             Error::Decode(DecodeError::Malformed { .. }) | Error::UnexpectedFrame { .. } => {
                 ErrorCode::PROTOCOL_VIOLATION
             }
-            Error::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
+            Error::Decode(DecodeError::UnsupportedVersion { .. }) => ErrorCode::UNSUPPORTED_VERSION,
             Error::HandshakeTimeout => ErrorCode::HANDSHAKE_TIMEOUT,
             Error::Unauthorized => ErrorCode::UNAUTHORIZED,
             Error::InvalidNamespace(_) => ErrorCode::INVALID_NAMESPACE,

@@ -391,7 +391,7 @@ impl<'a> Frame<'a> {
         let malformed = |what| DecodeError::Malformed { frame: ty, what };
         let frame = match ty {
             FrameType::HELLO => {
-                let version = r.varint().map_err(malformed)?;
+                let version = r.version(ty)?;
                 let role = match r.varint().map_err(malformed)? {
                     0 => Role::Publisher,
                     1 => Role::Browser,
@@ -410,7 +410,7 @@ impl<'a> Frame<'a> {
                 Frame::Hello(Hello { version, role, namespace, token, declared_port, resume })
             }
             FrameType::WELCOME => {
-                let version = r.varint().map_err(malformed)?;
+                let version = r.version(ty)?;
                 let epoch = r.varint().map_err(malformed)?;
                 let max_blob_size = r.varint().map_err(malformed)?;
                 let heartbeat_interval = r.millis().map_err(malformed)?;
@@ -491,6 +491,16 @@ impl<'a> Reader<'a> {
             }
             varint::Read::Incomplete => Err("payload ends inside a varint"),
         }
+    }
+
+    /// The leading version field of Hello and Welcome: only version 1's
+    /// layout is known, so any other version stops decoding here.
+    fn version(&mut self, frame: FrameType) -> Result<u64, DecodeError> {
+        let version = self.varint().map_err(|what| DecodeError::Malformed { frame, what })?;
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion { frame, version });
+        }
+        Ok(version)
     }
 
     fn u8(&mut self) -> Result<u8, &'static str> {

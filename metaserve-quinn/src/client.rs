@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_core::Stream;
-use metaserve_proto::{
-    Browser, BrowserEvent, ErrorCode, Publisher, PublisherEvent, Resume, Server, Welcome,
-};
+use metaserve_proto::{Browser, BrowserEvent, ErrorCode, Publisher, PublisherEvent, Resume, Server, Welcome};
 use quinn::{Connection, ConnectionError, ReadError, RecvStream, Runtime, SendStream, WriteError};
 
 use crate::io::{race, Outbox, Timer, BUDGET};
@@ -59,10 +57,9 @@ impl From<ReadError> for ClientError {
     fn from(error: ReadError) -> Self {
         match error {
             ReadError::ConnectionLost(e) => e.into(),
-            ReadError::Reset(code) => ClientError::Rejected {
-                code: ErrorCode(code.into_inner()),
-                reason: "stream reset".into(),
-            },
+            ReadError::Reset(code) => {
+                ClientError::Rejected { code: ErrorCode(code.into_inner()), reason: "stream reset".into() }
+            }
             _ => ClientError::StreamEnded,
         }
     }
@@ -72,10 +69,9 @@ impl From<WriteError> for ClientError {
     fn from(error: WriteError) -> Self {
         match error {
             WriteError::ConnectionLost(e) => e.into(),
-            WriteError::Stopped(code) => ClientError::Rejected {
-                code: ErrorCode(code.into_inner()),
-                reason: "stream stopped".into(),
-            },
+            WriteError::Stopped(code) => {
+                ClientError::Rejected { code: ErrorCode(code.into_inner()), reason: "stream stopped".into() }
+            }
             _ => ClientError::StreamEnded,
         }
     }
@@ -166,9 +162,7 @@ where
     // wait for that (briefly) so the Goodbye is not lost with a local close.
     let linger = runtime.now() + GOODBYE_LINGER;
     match race(connection.closed(), timer.sleep_until(linger)).await {
-        Ok(ConnectionError::ApplicationClosed(close))
-            if close.error_code.into_inner() != ErrorCode::NO_ERROR.0 =>
-        {
+        Ok(ConnectionError::ApplicationClosed(close)) if close.error_code.into_inner() != ErrorCode::NO_ERROR.0 => {
             Err(ConnectionError::ApplicationClosed(close).into())
         }
         _ => Ok(()),
@@ -189,31 +183,19 @@ pub struct Browse {
 }
 
 /// Starts browsing on `connection`: says Hello and waits for the Welcome.
-pub async fn browse(
-    connection: &Connection,
-    options: BrowseOptions,
-) -> Result<Browse, ClientError> {
+pub async fn browse(connection: &Connection, options: BrowseOptions) -> Result<Browse, ClientError> {
     browse_with(connection, Browser::new(options)).await
 }
 
 /// Like [`browse`], with a prepared [`Browser`]: pass
 /// `previous.into_browser().reconnect()` to keep the list of an earlier
 /// session and receive only what changed since.
-pub async fn browse_with(
-    connection: &Connection,
-    mut browser: Browser,
-) -> Result<Browse, ClientError> {
+pub async fn browse_with(connection: &Connection, mut browser: Browser) -> Result<Browse, ClientError> {
     let (mut send, recv) = connection.open_bi().await?;
     let mut hello = Vec::new();
     browser.poll_transmit(Instant::now(), &mut hello);
     send.write_all(&hello).await?;
-    let mut browse = Browse {
-        browser,
-        send,
-        recv,
-        buf: vec![0; 16 * 1024].into_boxed_slice(),
-        ended: false,
-    };
+    let mut browse = Browse { browser, send, recv, buf: vec![0; 16 * 1024].into_boxed_slice(), ended: false };
     poll_fn(|cx| browse.poll_welcome(cx)).await?;
     Ok(browse)
 }
@@ -234,8 +216,7 @@ impl Browse {
         if n == 0 {
             return Poll::Ready(Err(ClientError::StreamEnded));
         }
-        self.browser
-            .handle_input(Instant::now(), self.buf.get(..n).unwrap_or_default())?;
+        self.browser.handle_input(Instant::now(), self.buf.get(..n).unwrap_or_default())?;
         Poll::Ready(Ok(()))
     }
 

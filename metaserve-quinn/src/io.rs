@@ -61,10 +61,7 @@ pub(crate) struct Timer {
 impl Timer {
     pub(crate) fn new(runtime: &dyn Runtime) -> Self {
         let far = runtime.now() + Duration::from_secs(86_400 * 365);
-        Timer {
-            inner: runtime.new_timer(far),
-            armed: None,
-        }
+        Timer { inner: runtime.new_timer(far), armed: None }
     }
 
     /// Ready once `at` has passed; Pending (and never ready) for None.

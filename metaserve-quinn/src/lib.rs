@@ -19,11 +19,8 @@ mod io;
 mod server;
 pub mod tls;
 
-pub use client::{
-    browse, browse_with, publish, Browse, BrowseOptions, ClientError, PublishOptions,
-};
+pub use client::{browse, browse_with, publish, Browse, BrowseOptions, ClientError, PublishOptions};
 pub use metaserve_proto::{
-    Browser, BrowserEvent, ErrorCode, NamespaceInfo, RegistryConfig, Resume, Server, Stats,
-    Welcome, ALPN,
+    Browser, BrowserEvent, ErrorCode, NamespaceInfo, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
 };
 pub use server::{client_endpoint, server_endpoint, MetaServer, MetaServerHandle};

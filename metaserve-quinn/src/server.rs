@@ -11,8 +11,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metaserve_proto::{
-    ConnectionHandle, Error, ErrorCode, Event, NamespaceInfo, Registry, RegistryConfig, Server,
-    Stats,
+    ConnectionHandle, Error, ErrorCode, Event, NamespaceInfo, Registry, RegistryConfig, Server, Stats,
 };
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, Runtime, VarInt};
 
@@ -53,24 +52,11 @@ impl State {
     fn drain_events(&mut self) {
         while let Some(event) = self.registry.poll_event() {
             match event {
-                Event::Accepted {
-                    connection,
-                    role,
-                    namespace,
-                    address,
-                    resumed,
-                } => {
-                    let peer = self
-                        .connections
-                        .get(&connection)
-                        .map(Connection::remote_address);
+                Event::Accepted { connection, role, namespace, address, resumed } => {
+                    let peer = self.connections.get(&connection).map(Connection::remote_address);
                     tracing::info!(?peer, %role, %namespace, %address, resumed, "session accepted");
                 }
-                Event::Closed {
-                    connection,
-                    code,
-                    reason,
-                } => {
+                Event::Closed { connection, code, reason } => {
                     if let Some(conn) = self.connections.get(&connection) {
                         tracing::info!(peer = %conn.remote_address(), %code, %reason, "closing connection");
                         close(conn, code, &reason);
@@ -104,13 +90,8 @@ impl MetaServer {
     /// taken from the clock, so browsers never resume into a different
     /// incarnation of the server.
     pub fn new(runtime: Arc<dyn Runtime>, config: RegistryConfig) -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        let state = State {
-            registry: Registry::new(config, epoch),
-            connections: HashMap::new(),
-        };
+        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let state = State { registry: Registry::new(config, epoch), connections: HashMap::new() };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             shutting_down: AtomicBool::new(false),
@@ -121,9 +102,7 @@ impl MetaServer {
 
     /// A handle for statistics and shutdown, usable while `serve` runs.
     pub fn handle(&self) -> MetaServerHandle {
-        MetaServerHandle {
-            shared: self.shared.clone(),
-        }
+        MetaServerHandle { shared: self.shared.clone() }
     }
 
     /// Serves connections arriving at `endpoint` until
@@ -132,8 +111,7 @@ impl MetaServer {
     /// returns once the peers have been told.
     pub async fn serve(&self, endpoint: Endpoint) {
         let shared = &self.shared;
-        self.runtime
-            .spawn(Box::pin(run_timers(shared.clone(), self.runtime.clone())));
+        self.runtime.spawn(Box::pin(run_timers(shared.clone(), self.runtime.clone())));
         loop {
             let shutdown = shared.shutdown.listen();
             if shared.shutting_down.load(Ordering::Acquire) {
@@ -174,15 +152,8 @@ impl MetaServerHandle {
 
     /// Requires publishers of `namespace` to present one of `tokens`; an
     /// empty list lifts the requirement.
-    pub fn set_publish_tokens<T: AsRef<[u8]>>(
-        &self,
-        namespace: &str,
-        tokens: impl IntoIterator<Item = T>,
-    ) {
-        self.shared
-            .lock()
-            .registry
-            .set_publish_tokens(namespace, tokens);
+    pub fn set_publish_tokens<T: AsRef<[u8]>>(&self, namespace: &str, tokens: impl IntoIterator<Item = T>) {
+        self.shared.lock().registry.set_publish_tokens(namespace, tokens);
     }
 
     /// Closes every connection with `SHUTTING_DOWN`, refuses new ones, and
@@ -210,9 +181,7 @@ async fn run_timers(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) {
             state.registry.poll_timeout()
         };
         let tick = now + TIMER_TICK;
-        timer
-            .sleep_until(next.map_or(tick, |at| at.min(tick)))
-            .await;
+        timer.sleep_until(next.map_or(tick, |at| at.min(tick))).await;
     }
 }
 
@@ -261,11 +230,7 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
     log_end(peer, &end);
     match end {
         End::Finished => close(&connection, ErrorCode::NO_ERROR, "session stream finished"),
-        End::ExtraStream => close(
-            &connection,
-            ErrorCode::PROTOCOL_VIOLATION,
-            "a session uses exactly one stream",
-        ),
+        End::ExtraStream => close(&connection, ErrorCode::PROTOCOL_VIOLATION, "a session uses exactly one stream"),
         End::Connection(_) | End::Stream(_) => {}
     }
 }
@@ -290,12 +255,7 @@ fn log_end(peer: SocketAddr, end: &End) {
 }
 
 /// Moves bytes between the connection's one stream and its session.
-async fn drive(
-    shared: &Shared,
-    runtime: &dyn Runtime,
-    connection: &Connection,
-    handle: ConnectionHandle,
-) -> End {
+async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, handle: ConnectionHandle) -> End {
     // If no stream ever comes, the registry's handshake timeout closes the
     // connection, which ends this wait.
     let (mut send, mut recv) = match connection.accept_bi().await {
@@ -322,30 +282,18 @@ async fn drive(
                     let mut state = shared.lock();
                     // An error has closed the session in the registry and
                     // queued the Closed event that closes the connection.
-                    let _ = state.registry.handle_input(
-                        handle,
-                        runtime.now(),
-                        buf.get(..n).unwrap_or_default(),
-                    );
+                    let _ = state.registry.handle_input(handle, runtime.now(), buf.get(..n).unwrap_or_default());
                     state.drain_events();
                     progressed = true;
                 }
-                Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => {
-                    return Poll::Ready(End::Connection(e))
-                }
+                Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
                 Poll::Pending => {}
             }
-            let flushed = out.poll_flush(cx, &mut send, |b| {
-                shared
-                    .lock()
-                    .registry
-                    .poll_transmit(handle, runtime.now(), b)
-            });
+            let flushed =
+                out.poll_flush(cx, &mut send, |b| shared.lock().registry.poll_transmit(handle, runtime.now(), b));
             match flushed {
-                Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => {
-                    return Poll::Ready(End::Connection(e))
-                }
+                Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
@@ -370,12 +318,7 @@ pub fn server_endpoint(
     config: quinn::ServerConfig,
 ) -> std::io::Result<Endpoint> {
     let socket = std::net::UdpSocket::bind(addr)?;
-    Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        runtime,
-    )
+    Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
 }
 
 /// Binds a client endpoint on `addr` (use port 0) with `config` as the

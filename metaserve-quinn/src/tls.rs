@@ -125,20 +125,14 @@ pub struct DevCertificate {
 
 impl fmt::Debug for DevCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevCertificate")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
+        f.debug_struct("DevCertificate").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
     }
 }
 
 impl DevCertificate {
     /// Generates a fresh key pair and certificate.
     pub fn generate() -> Result<Self, TlsError> {
-        let names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
         let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)?;
         let cert_der = cert.der().clone();
         Ok(DevCertificate {
@@ -153,10 +147,7 @@ impl DevCertificate {
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem_error = |what: String| TlsError::Pem {
-        path: path.to_owned(),
-        what,
-    };
+    let pem_error = |what: String| TlsError::Pem { path: path.to_owned(), what };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -169,10 +160,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
-        path: path.to_owned(),
-        what: e.to_string(),
-    })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem { path: path.to_owned(), what: e.to_string() })
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -258,8 +246,8 @@ pub fn client_config_with_ca(path: &Path) -> Result<quinn::ClientConfig, TlsErro
 /// meta server with a publicly trusted certificate.
 pub fn client_config_with_system_roots() -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
-        .map_err(|e| TlsError::Platform(e.to_string()))?;
+    let verifier =
+        rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| TlsError::Platform(e.to_string()))?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -276,10 +264,7 @@ pub fn client_config_pinned(fingerprint: Fingerprint) -> Result<quinn::ClientCon
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-            fingerprint,
-            provider,
-        }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate { fingerprint, provider }))
         .with_no_client_auth();
     client_from_tls(tls)
 }
@@ -302,9 +287,7 @@ impl ServerCertVerifier for PinnedCertificate {
         if Fingerprint::of(end_entity) == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
         }
     }
 
@@ -314,12 +297,7 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -328,17 +306,10 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -53,19 +53,14 @@ use futures_core::Stream;
 use quinn::{Connection, Endpoint, TokioRuntime};
 
 pub use metaserve_quinn::{
-    browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode,
-    MetaServerHandle, NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats,
-    Welcome, ALPN,
+    browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode, MetaServerHandle,
+    NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
 };
 
 /// Publishes `heartbeats` on `connection` until the stream ends, then says
 /// Goodbye so the entry disappears at once. Each item replaces the previous
 /// one if it was not sent yet; see [`metaserve_quinn::publish`].
-pub async fn publish<S>(
-    connection: &Connection,
-    options: PublishOptions,
-    heartbeats: S,
-) -> Result<(), ClientError>
+pub async fn publish<S>(connection: &Connection, options: PublishOptions, heartbeats: S) -> Result<(), ClientError>
 where
     S: Stream<Item = Bytes>,
 {
@@ -79,10 +74,7 @@ pub struct MetaServer(metaserve_quinn::MetaServer);
 impl MetaServer {
     /// A meta server with `config`. Call from within a tokio runtime.
     pub fn new(config: RegistryConfig) -> Self {
-        MetaServer(metaserve_quinn::MetaServer::new(
-            Arc::new(TokioRuntime),
-            config,
-        ))
+        MetaServer(metaserve_quinn::MetaServer::new(Arc::new(TokioRuntime), config))
     }
 
     /// A handle for statistics, the live lists, tokens and shutdown.

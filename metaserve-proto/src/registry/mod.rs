@@ -141,8 +141,9 @@ struct Browsing {
     cursor: Cursor,
     welcome_pending: bool,
     reset_pending: bool,
-    /// Revision the current batch runs up to; None between batches.
-    flush_target: Option<u64>,
+    /// A batch of changes is being sent; it ends, with Synced, when the
+    /// cursor reaches the log's head.
+    flushing: bool,
     next_flush: Instant,
 }
 
@@ -161,6 +162,14 @@ struct Session {
     peer: SocketAddr,
     decoder: FrameDecoder,
     state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// Closes a session still without Hello.
+    Handshake,
+    /// Closes a publisher without heartbeat for the entry TTL.
+    EntryTtl,
 }
 
 #[derive(Debug, Default)]
@@ -216,8 +225,10 @@ pub struct Registry {
     namespace_ids: HashMap<Arc<str>, usize>,
     per_ip: HashMap<IpAddr, PerIp>,
     tokens: HashMap<Box<str>, Vec<Bytes>>,
-    /// (deadline, session index, generation): at most one per live session.
-    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// (deadline, session index, generation, kind): a handshake timer per
+    /// session until it fires, and one TTL timer per publisher, re-armed
+    /// lazily when it fires (so a heartbeat costs no heap operation).
+    timers: BinaryHeap<Reverse<(Instant, usize, u32, TimerKind)>>,
     events: VecDeque<Event>,
     stats: Stats,
     next_publisher_id: u64,
@@ -277,7 +288,8 @@ impl Registry {
         &self.config
     }
 
-    /// This registry's epoch.
+    /// This registry's epoch, carried by every Welcome. A resume point is
+    /// meaningful only in the namespace that issued it.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -322,7 +334,7 @@ impl Registry {
             state: State::Handshaking,
         });
         if let Some(at) = deadline(now, self.config.handshake_timeout) {
-            self.timers.push(Reverse((at, idx, generation)));
+            self.timers.push(Reverse((at, idx, generation, TimerKind::Handshake)));
         }
         self.stats.handshakes += 1;
         Ok(ConnectionHandle { index, generation })
@@ -357,6 +369,11 @@ impl Registry {
         let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
         if let Some(session) = self.sessions.get_mut(idx) {
             session.decoder = decoder;
+            if result.is_err() && matches!(session.state, State::Closing { .. }) {
+                // Closed by an earlier frame of this input (Goodbye): what
+                // follows is ignored, like any input for a closing connection.
+                return Ok(());
+            }
         }
         if let Err(error) = &result {
             self.close_session(idx, Some(error.clone()));
@@ -397,24 +414,29 @@ impl Registry {
     }
 
     fn on_hello(&mut self, idx: usize, now: Instant, hello: Hello<'_>) -> Result<(), Error> {
-        if hello.version != PROTOCOL_VERSION {
-            return Err(Error::UnsupportedVersion(hello.version));
-        }
         validate_namespace(hello.namespace, self.config.max_namespace_len)?;
         let Some(peer) = self.sessions.get(idx).map(|s| s.peer) else { return Ok(()) };
         let per_ip = self.per_ip.get(&peer.ip());
         match hello.role {
             Role::Publisher => {
+                if hello.token.len() > self.config.max_token_len {
+                    return Err(Error::Unauthorized);
+                }
                 if let Some(tokens) = self.tokens.get(hello.namespace) {
                     if !tokens.iter().any(|t| token_matches(t, hello.token)) {
                         return Err(Error::Unauthorized);
                     }
                 }
+                // Taking over an entry (same IP, same port) closes its old
+                // connection, so it adds no publisher: the limits do not apply.
+                let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
+                let ns = self.namespace_ids.get(hello.namespace).and_then(|&i| self.namespaces.get(i));
+                let takes_over = ns.is_some_and(|ns| ns.owners.contains_key(&key));
                 let max = self.config.max_publishers_per_ip;
-                if per_ip.is_some_and(|c| c.publishers >= max) {
+                if !takes_over && per_ip.is_some_and(|c| c.publishers >= max) {
                     return Err(Error::IpLimit { role: Role::Publisher, ip: peer.ip(), max });
                 }
-                if self.stats.publishers >= self.config.max_publishers {
+                if !takes_over && self.stats.publishers >= self.config.max_publishers {
                     return Err(Error::ServerFull { what: "publishers", max: self.config.max_publishers });
                 }
             }
@@ -469,7 +491,7 @@ impl Registry {
                     cursor,
                     welcome_pending: true,
                     reset_pending: hello.resume.is_some() && resumable.is_none(),
-                    flush_target: Some(head.max(cursor.rev)),
+                    flushing: true,
                     next_flush: deadline(now, self.config.update_interval).unwrap_or(now),
                 });
                 (state, peer, resumable.is_some(), None)
@@ -478,6 +500,11 @@ impl Registry {
         let namespace = ns.name.clone();
         if let Some(session) = self.sessions.get_mut(idx) {
             session.state = state;
+        }
+        if hello.role == Role::Publisher {
+            if let Some(at) = deadline(now, self.config.entry_ttl) {
+                self.timers.push(Reverse((at, idx, self.handle_at(idx).generation, TimerKind::EntryTtl)));
+            }
         }
         self.events.push_back(Event::Accepted {
             connection: self.handle_at(idx),
@@ -610,29 +637,28 @@ impl Registry {
                     Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(buf);
                 }
                 let log = &mut ns.log;
-                if b.flush_target.is_none() && now >= b.next_flush {
-                    if log.last_rev() > b.cursor.rev {
-                        b.flush_target = Some(log.last_rev());
-                    }
+                if !b.flushing && now >= b.next_flush {
+                    b.flushing = log.last_rev() > b.cursor.rev;
                     b.next_flush = deadline(now, self.config.update_interval).unwrap_or(now);
                 }
-                if let Some(mut target) = b.flush_target {
+                if b.flushing {
                     if log.floor() > b.cursor.rev.max(b.cursor.skip_tombstones_upto) {
                         // Tombstones this browser needs were pruned: start over.
                         log.release(&mut b.cursor);
                         b.cursor = Cursor::fresh(log.last_rev());
                         b.reset_pending = true;
-                        target = log.last_rev();
                     }
                     if std::mem::take(&mut b.reset_pending) {
                         Frame::Reset.encode(buf);
                     }
+                    // The batch runs to the current head, not to the head at its
+                    // start: an entry that changes while the batch is under way
+                    // moves past the cursor and is still sent in this batch, so
+                    // Synced(R) always means "your list equals the namespace at R".
                     let limit = start.saturating_add(self.config.transmit_chunk);
-                    if log.walk(&mut b.cursor, target, buf, limit) {
+                    if log.walk(&mut b.cursor, log.last_rev(), buf, limit) {
                         Frame::Synced { revision: b.cursor.rev }.encode(buf);
-                        b.flush_target = None;
-                    } else {
-                        b.flush_target = Some(target);
+                        b.flushing = false;
                     }
                 }
             }
@@ -652,12 +678,12 @@ impl Registry {
 
     /// The earliest registry-wide deadline (handshake or heartbeat timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        self.timers.peek().map(|Reverse((at, ..))| *at)
     }
 
     /// Closes connections whose handshake or heartbeat timed out by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, idx, generation))) = self.timers.peek() {
+        while let Some(&Reverse((at, idx, generation, kind))) = self.timers.peek() {
             if at > now {
                 break;
             }
@@ -665,22 +691,26 @@ impl Registry {
             let Some(session) = self.sessions.get(idx).filter(|s| s.generation == generation) else {
                 continue;
             };
-            match &session.state {
-                State::Handshaking => self.close_session(idx, Some(Error::HandshakeTimeout)),
-                State::Publisher(p) => match deadline(p.last_seen, self.config.entry_ttl) {
+            match (&session.state, kind) {
+                (State::Handshaking, TimerKind::Handshake) => self.close_session(idx, Some(Error::HandshakeTimeout)),
+                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, self.config.entry_ttl) {
                     Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
-                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation))),
+                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation, kind))),
                     None => {}
                 },
-                State::Browser(_) | State::Closing { .. } => {}
+                _ => {} // the session has moved on since the timer was set
             }
         }
         // Timers of removed sessions stay queued until due; keep them bounded.
         if self.timers.len() > 2 * self.sessions.len() + 64 {
             let sessions = &self.sessions;
-            self.timers.retain(|Reverse((_, idx, generation))| {
+            self.timers.retain(|Reverse((_, idx, generation, kind))| {
                 sessions.get(*idx).is_some_and(|s| {
-                    s.generation == *generation && matches!(s.state, State::Handshaking | State::Publisher(_))
+                    s.generation == *generation
+                        && matches!(
+                            (&s.state, kind),
+                            (State::Handshaking, TimerKind::Handshake) | (State::Publisher(_), TimerKind::EntryTtl)
+                        )
                 })
             });
         }
