@@ -80,11 +80,7 @@ impl FrameDecoder {
     ///
     /// Stops at the first error, from decoding or from `on_frame`; the
     /// connection is then to be closed, and later input is meaningless.
-    pub fn decode<E>(
-        &mut self,
-        mut input: &[u8],
-        mut on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
-    ) -> Result<(), E>
+    pub fn decode<E>(&mut self, mut input: &[u8], mut on_frame: impl FnMut(Frame<'_>) -> Result<(), E>) -> Result<(), E>
     where
         E: From<DecodeError>,
     {
@@ -119,8 +115,7 @@ impl FrameDecoder {
             result?;
         }
         while !input.is_empty() {
-            let Some((header_len, frame_type, len)) = parse_header(input, self.max_frame_size)?
-            else {
+            let Some((header_len, frame_type, len)) = parse_header(input, self.max_frame_size)? else {
                 break;
             };
             let Some(payload) = input.get(header_len..header_len + len) else {

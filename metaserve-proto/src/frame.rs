@@ -299,9 +299,7 @@ impl Frame<'_> {
             Frame::Reject(r) => varint::len(r.code.0) + bytes_len(r.reason.len()),
             Frame::Heartbeat { blob } => bytes_len(blob.len()),
             Frame::Goodbye | Frame::Reset => 0,
-            Frame::Upsert(u) => {
-                varint::len(u.revision) + addr_len(&u.address) + 1 + bytes_len(u.blob.len())
-            }
+            Frame::Upsert(u) => varint::len(u.revision) + addr_len(&u.address) + 1 + bytes_len(u.blob.len()),
             Frame::Remove { revision, address } => varint::len(*revision) + addr_len(address),
             Frame::Synced { revision } => varint::len(*revision),
             Frame::Unknown { payload, .. } => payload.len(),
@@ -421,11 +419,7 @@ impl<'a> Frame<'a> {
                     id => {
                         let address = r.addr().map_err(malformed)?;
                         let flags = r.u8().map_err(malformed)?;
-                        Some(PublisherInfo {
-                            id,
-                            address,
-                            port_declared: flags & FLAG_PORT_DECLARED != 0,
-                        })
+                        Some(PublisherInfo { id, address, port_declared: flags & FLAG_PORT_DECLARED != 0 })
                     }
                 };
                 Frame::Welcome(Welcome {
@@ -440,8 +434,8 @@ impl<'a> Frame<'a> {
             }
             FrameType::REJECT => {
                 let code = ErrorCode(r.varint().map_err(malformed)?);
-                let reason = std::str::from_utf8(r.bytes().map_err(malformed)?)
-                    .map_err(|_| malformed("reason is not UTF-8"))?;
+                let reason =
+                    std::str::from_utf8(r.bytes().map_err(malformed)?).map_err(|_| malformed("reason is not UTF-8"))?;
                 Frame::Reject(Reject { code, reason })
             }
             FrameType::HEARTBEAT => Frame::Heartbeat { blob: r.bytes().map_err(malformed)? },
@@ -451,17 +445,11 @@ impl<'a> Frame<'a> {
                 let address = r.addr().map_err(malformed)?;
                 let flags = r.u8().map_err(malformed)?;
                 let blob = r.bytes().map_err(malformed)?;
-                Frame::Upsert(Upsert {
-                    revision,
-                    address,
-                    port_declared: flags & FLAG_PORT_DECLARED != 0,
-                    blob,
-                })
+                Frame::Upsert(Upsert { revision, address, port_declared: flags & FLAG_PORT_DECLARED != 0, blob })
             }
-            FrameType::REMOVE => Frame::Remove {
-                revision: r.varint().map_err(malformed)?,
-                address: r.addr().map_err(malformed)?,
-            },
+            FrameType::REMOVE => {
+                Frame::Remove { revision: r.varint().map_err(malformed)?, address: r.addr().map_err(malformed)? }
+            }
             FrameType::SYNCED => Frame::Synced { revision: r.varint().map_err(malformed)? },
             FrameType::RESET => Frame::Reset,
             _ => Frame::Unknown { frame_type, payload },

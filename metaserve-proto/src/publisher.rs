@@ -280,4 +280,3 @@ impl Publisher {
         self.events.pop_front()
     }
 }
-

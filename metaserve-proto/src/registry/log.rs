@@ -138,13 +138,7 @@ impl Log {
     }
 
     /// Sets the entry for `key`, taking the next revision from `revision` if it changed.
-    pub(crate) fn upsert(
-        &mut self,
-        key: SocketAddr,
-        blob: &[u8],
-        port_declared: bool,
-        revision: &mut u64,
-    ) -> Upserted {
+    pub(crate) fn upsert(&mut self, key: SocketAddr, blob: &[u8], port_declared: bool, revision: &mut u64) -> Upserted {
         let Some(&slot) = self.index.get(&key) else {
             *revision += 1;
             let node = Node {
@@ -168,9 +162,7 @@ impl Log {
             return Upserted::Unchanged;
         };
         let outcome = match node.kind {
-            Kind::Live if node.port_declared == port_declared && node.blob == blob => {
-                return Upserted::Unchanged
-            }
+            Kind::Live if node.port_declared == port_declared && node.blob == blob => return Upserted::Unchanged,
             Kind::Live => Upserted::Updated,
             Kind::Tombstone => {
                 self.tombstones -= 1;
@@ -227,9 +219,8 @@ impl Log {
         // Revived tombstones leave stale queue items behind; keep them bounded.
         if self.tombstone_queue.len() > 2 * self.tombstones + 64 {
             let nodes = &self.nodes;
-            self.tombstone_queue.retain(|&(rev, slot)| {
-                nodes.get(slot).is_some_and(|n| n.kind == Kind::Tombstone && n.rev == rev)
-            });
+            self.tombstone_queue
+                .retain(|&(rev, slot)| nodes.get(slot).is_some_and(|n| n.kind == Kind::Tombstone && n.rev == rev));
         }
     }
 

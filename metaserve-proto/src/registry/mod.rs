@@ -153,7 +153,9 @@ enum State {
     Publisher(Publishing),
     Browser(Browsing),
     /// Closed by the registry; the Reject frame, if any, is still to be sent.
-    Closing { reject: Option<(ErrorCode, String)> },
+    Closing {
+        reject: Option<(ErrorCode, String)>,
+    },
 }
 
 #[derive(Debug)]
@@ -241,8 +243,7 @@ fn deadline(now: Instant, after: Duration) -> Option<Instant> {
 
 fn token_matches(expected: &[u8], given: &[u8]) -> bool {
     // Constant time in the token's content, so a guesser learns nothing from timing.
-    expected.len() == given.len()
-        && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 fn validate_namespace(name: &str, max_len: usize) -> Result<(), Error> {
@@ -347,10 +348,7 @@ impl Registry {
     }
 
     fn handle_at(&self, idx: usize) -> ConnectionHandle {
-        ConnectionHandle {
-            index: idx as u32,
-            generation: self.sessions.get(idx).map_or(0, |s| s.generation),
-        }
+        ConnectionHandle { index: idx as u32, generation: self.sessions.get(idx).map_or(0, |s| s.generation) }
     }
 
     /// Feeds bytes read from the connection's stream, cut anywhere.
@@ -479,9 +477,9 @@ impl Registry {
                 per_ip.browsers += 1;
                 self.stats.browsers += 1;
                 let head = ns.log.last_rev();
-                let resumable = hello.resume.filter(|r| {
-                    r.epoch == self.epoch && r.cursor >= ns.log.floor() && r.cursor <= self.revision
-                });
+                let resumable = hello
+                    .resume
+                    .filter(|r| r.epoch == self.epoch && r.cursor >= ns.log.floor() && r.cursor <= self.revision);
                 let cursor = match resumable {
                     Some(r) => Cursor::resume(r.cursor),
                     None => Cursor::fresh(head),
