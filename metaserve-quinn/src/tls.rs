@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metaserve_proto::{RegistryConfig, ALPN};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -174,17 +174,22 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Transport limits of the meta server's side: one session stream per
 /// connection (a second stream is admitted only to be refused with
-/// `PROTOCOL_VIOLATION`), and receive windows sized to a few frames so a
-/// client can never make the server buffer more than that.
-pub fn server_transport(config: &RegistryConfig) -> quinn::TransportConfig {
+/// `PROTOCOL_VIOLATION`), receive windows sized to a few frames so a client
+/// can never make the server buffer more than that, and a send window of
+/// four stream windows (256 KiB with the defaults), which bounds what a
+/// browser that stops reading costs the server.
+pub fn server_transport(config: &RegistryConfig) -> quinn_proto::TransportConfig {
     let window = (4 * config.max_frame_size()).max(64 * 1024) as u32;
-    let mut transport = quinn::TransportConfig::default();
+    let mut transport = quinn_proto::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(1u32.into())
         .stream_receive_window(window.into())
         .receive_window((2 * window).into())
-        .send_window(u64::from(4 * window).max(1 << 20))
+        // Unacknowledged and unsent stream data quinn keeps per connection: a
+        // browser that stops reading pins at most this much of the server's
+        // memory (the registry itself holds only its cursor).
+        .send_window(u64::from(4 * window))
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(None);
     transport
@@ -192,8 +197,8 @@ pub fn server_transport(config: &RegistryConfig) -> quinn::TransportConfig {
 
 /// Transport settings for publishers and browsers: keep-alives so an idle
 /// session outlives the idle timeout, no streams accepted from the server.
-pub fn client_transport() -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
+pub fn client_transport() -> quinn_proto::TransportConfig {
+    let mut transport = quinn_proto::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -208,29 +213,29 @@ pub fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     config: &RegistryConfig,
-) -> Result<quinn::ServerConfig, TlsError> {
+) -> Result<quinn_proto::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(server_transport(config)));
     Ok(server)
 }
 
-fn client_from_tls(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
+fn client_from_tls(mut tls: rustls::ClientConfig) -> Result<quinn_proto::ClientConfig, TlsError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    let mut client = quinn_proto::ClientConfig::new(Arc::new(quic));
     client.transport_config(Arc::new(client_transport()));
     Ok(client)
 }
 
 /// A client configuration trusting the certificates (or CA) in a PEM file.
 /// The server name passed to `connect` must match the certificate.
-pub fn client_config_with_ca(path: &Path) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config_with_ca(path: &Path) -> Result<quinn_proto::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(path)? {
         roots.add(cert)?;
@@ -244,7 +249,7 @@ pub fn client_config_with_ca(path: &Path) -> Result<quinn::ClientConfig, TlsErro
 
 /// A client configuration trusting the system's certificate roots, for a
 /// meta server with a publicly trusted certificate.
-pub fn client_config_with_system_roots() -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config_with_system_roots() -> Result<quinn_proto::ClientConfig, TlsError> {
     let provider = provider();
     let verifier =
         rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| TlsError::Platform(e.to_string()))?;
@@ -259,7 +264,7 @@ pub fn client_config_with_system_roots() -> Result<quinn::ClientConfig, TlsError
 /// A client configuration that accepts exactly one server certificate,
 /// identified by its SHA-256 fingerprint, whatever its name or issuer.
 /// Suited to self-signed meta servers (see [`DevCertificate`]).
-pub fn client_config_pinned(fingerprint: Fingerprint) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config_pinned(fingerprint: Fingerprint) -> Result<quinn_proto::ClientConfig, TlsError> {
     let provider = provider();
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?

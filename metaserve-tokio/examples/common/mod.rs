@@ -1,84 +1,25 @@
-//! What the examples share: reaching a meta server from the command line.
+//! What the examples share. The command line (`cli.rs`), the fake game
+//! (`game.rs`, for the publisher) and the table (`table.rs`, for the browser)
+//! are runtime-neutral, and metaserve-async-std's examples include them too;
+//! only this file knows about tokio.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+pub(crate) use metaserve_tokio as driver;
+
+mod cli;
 
 use anyhow::Context as _;
-use clap::Args;
-use metaserve_tokio::tls::{self, Fingerprint};
-use tracing_subscriber::EnvFilter;
 
-/// Where the meta server is and why to trust it.
-///
-/// Without --fingerprint or --ca, the system's certificate roots decide,
-/// as for a public meta server with a certificate from a public CA.
-#[derive(Debug, Args)]
-#[command(next_help_heading = "Meta server")]
-pub(crate) struct MetaServerArgs {
-    /// The meta server, as HOST:PORT.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:27950")]
-    server: String,
-
-    /// The name its certificate must carry [default: the host of --server,
-    /// or localhost if that is an IP address].
-    #[arg(long, value_name = "NAME")]
-    server_name: Option<String>,
-
-    /// Trust exactly the certificate with this SHA-256 fingerprint, as
-    /// printed by `metaserve-daemon --dev` (64 hex digits, colons optional).
-    #[arg(long, value_name = "SHA256", conflicts_with = "ca")]
-    fingerprint: Option<Fingerprint>,
-
-    /// Trust the certificate authority (or self-signed certificate) in this
-    /// PEM file.
-    #[arg(long, value_name = "PEM")]
-    ca: Option<PathBuf>,
-
-    /// The game's namespace on the meta server.
-    #[arg(long, value_name = "NS", default_value = "demo")]
-    pub(crate) namespace: String,
-}
+pub(crate) use cli::{init_logging, MetaServerArgs};
 
 impl MetaServerArgs {
-    /// Connects to the meta server. The endpoint is returned too, so the
-    /// caller can wait for a clean close before exiting.
+    /// Resolves --server and connects to the meta server.
     pub(crate) async fn connect(&self) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-        let config = match (self.fingerprint, &self.ca) {
-            (Some(fingerprint), _) => tls::client_config_pinned(fingerprint)?,
-            (None, Some(ca)) => tls::client_config_with_ca(ca).context("loading the --ca certificate")?,
-            (None, None) => tls::client_config_with_system_roots()?,
-        };
-        let context = || format!("connecting to {}", self.server);
-        let addr = tokio::net::lookup_host(&self.server)
+        let server = self.server();
+        let addr = tokio::net::lookup_host(server)
             .await
-            .with_context(context)?
+            .with_context(|| format!("connecting to {server}"))?
             .next()
-            .with_context(|| format!("{} has no address", self.server))?;
-        // Bind the same address family as the server's, so that both an IPv4
-        // and an IPv6 meta server work without dual-stack socket settings.
-        let any: IpAddr = if addr.is_ipv6() { [0u16; 8].into() } else { [0u8; 4].into() };
-        let endpoint = metaserve_tokio::client_endpoint(SocketAddr::new(any, 0), config).context("binding a socket")?;
-        let connection = endpoint.connect(addr, &self.tls_name()).with_context(context)?.await.with_context(context)?;
-        Ok((endpoint, connection))
+            .with_context(|| format!("{server} has no address"))?;
+        self.connect_to(addr).await
     }
-
-    fn tls_name(&self) -> String {
-        if let Some(name) = &self.server_name {
-            return name.clone();
-        }
-        let host = self.server.rsplit_once(':').map_or(self.server.as_str(), |(host, _port)| host);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.parse::<IpAddr>().is_ok() {
-            "localhost".into()
-        } else {
-            host.into()
-        }
-    }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG`. By default only warnings, plus the
-/// driver's info lines (they include the address browsers see a publisher at).
-pub(crate) fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,metaserve_quinn=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

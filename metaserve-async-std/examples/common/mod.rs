@@ -1,0 +1,39 @@
+//! What the examples share. The command line, the fake game and the table
+//! are metaserve-tokio's runtime-neutral example code, included here by
+//! path; only this file knows about async-std.
+
+pub(crate) use metaserve_async_std as driver;
+
+#[path = "../../../metaserve-tokio/examples/common/cli.rs"]
+mod cli;
+
+use std::future::Future;
+
+use anyhow::Context as _;
+use async_signal::{Signal, Signals};
+use async_std::net::ToSocketAddrs as _;
+use futures_util::StreamExt as _;
+
+pub(crate) use cli::{init_logging, MetaServerArgs};
+
+impl MetaServerArgs {
+    /// Resolves --server and connects to the meta server.
+    pub(crate) async fn connect(&self) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+        let server = self.server();
+        let addr = server
+            .to_socket_addrs()
+            .await
+            .with_context(|| format!("connecting to {server}"))?
+            .next()
+            .with_context(|| format!("{server} has no address"))?;
+        self.connect_to(addr).await
+    }
+}
+
+/// Completes on the first Ctrl-C (SIGINT), which then no longer ends the process.
+pub(crate) fn ctrl_c() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut signals = Signals::new([Signal::Int]).context("catching Ctrl-C")?;
+    Ok(async move {
+        signals.next().await;
+    })
+}

@@ -1,0 +1,152 @@
+//! metaserve on async-std: publish a game server, browse the live list, or
+//! embed a complete meta server, over QUIC with [quinn](https://docs.rs/quinn)
+//! 0.11 and its `runtime-async-std`.
+//!
+//! **async-std is discontinued** upstream in favour of
+//! [smol](https://docs.rs/smol), and quinn dropped its async-std runtime after
+//! 0.11, so this crate keeps quinn on 0.11.x. It exists for programs that
+//! already run on async-std; new programs on smol can use `metaserve-quinn`
+//! with its `smol` feature instead (see this crate's README). Everything here
+//! has exactly the signatures of `metaserve-tokio`: switching runtimes is
+//! switching the crate name.
+//!
+//! You establish the quinn connections yourself (any configuration works;
+//! [`tls`] has helpers with the right ALPN and transport limits), then:
+//!
+//! ```no_run
+//! # async fn game(connection: quinn::Connection) -> Result<(), metaserve_async_std::ClientError> {
+//! use futures_util::StreamExt;
+//! use metaserve_async_std::{browse, publish, BrowseOptions, BrowserEvent, PublishOptions};
+//!
+//! // A game server: publish a heartbeat every time the game state changes.
+//! let heartbeats = futures_util::stream::iter(["map=q3dm17;players=3".into()]);
+//! publish(&connection, PublishOptions::new("quake3"), heartbeats).await?;
+//!
+//! // A game client: the live list.
+//! let mut list = browse(&connection, BrowseOptions::new("quake3")).await?;
+//! while let Some(event) = list.next().await {
+//!     if let BrowserEvent::Synced { .. } = event? {
+//!         println!("{} servers", list.servers().len());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The whole system in one program: a meta server on a free loopback port
+//! with a development certificate, a game server publishing, a game client
+//! listing it, and a graceful shutdown that closes both with `SHUTTING_DOWN`:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bytes::Bytes;
+//! use futures_util::{stream, StreamExt};
+//! use metaserve_async_std::{
+//!     browse, client_endpoint, publish, server_endpoint, tls, BrowseOptions, BrowserEvent, ClientError, ErrorCode,
+//!     MetaServer, PublishOptions, RegistryConfig,
+//! };
+//!
+//! async_std::task::block_on(async {
+//!     let cert = tls::DevCertificate::generate()?;
+//!     let config = RegistryConfig::default();
+//!     let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config)?;
+//!     let endpoint = server_endpoint("127.0.0.1:0".parse()?, server_config)?;
+//!     let addr = endpoint.local_addr()?;
+//!     let server = MetaServer::new(config);
+//!     let handle = server.handle(); // stats(), servers(), shutdown() from anywhere
+//!     let serving = async_std::task::spawn(async move { server.serve(endpoint).await });
+//!
+//!     // Clients trust the development certificate by its fingerprint.
+//!     let client = client_endpoint("127.0.0.1:0".parse()?, tls::client_config_pinned(cert.fingerprint)?)?;
+//!
+//!     // A game server: one heartbeat, then the driver keeps the entry alive.
+//!     let connection = client.connect(addr, "localhost")?.await?;
+//!     let heartbeats = stream::iter([Bytes::from_static(b"map=q3dm17")]).chain(stream::pending());
+//!     let publishing =
+//!         async_std::task::spawn(async move { publish(&connection, PublishOptions::new("quake3"), heartbeats).await });
+//!
+//!     // A game client: wait for a complete list with the game server in it.
+//!     let connection = client.connect(addr, "localhost")?.await?;
+//!     let mut list = browse(&connection, BrowseOptions::new("quake3")).await?;
+//!     while let Some(event) = list.next().await {
+//!         if matches!(event?, BrowserEvent::Synced { .. }) && list.servers().len() == 1 {
+//!             break;
+//!         }
+//!     }
+//!     let entry = list.servers().next().ok_or("no server listed")?;
+//!     assert_eq!(entry.blob, Bytes::from_static(b"map=q3dm17"));
+//!     assert_eq!(handle.stats().publishers, 1);
+//!
+//!     // Shutting down closes every session with SHUTTING_DOWN.
+//!     handle.shutdown();
+//!     serving.await;
+//!     match publishing.await {
+//!         Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::SHUTTING_DOWN),
+//!         other => panic!("expected SHUTTING_DOWN, got {other:?}"),
+//!     }
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! The driver loop lives in `metaserve-quinn` and is shared with
+//! `metaserve-tokio`; this crate passes it quinn's async-std runtime
+//! ([`quinn::AsyncStdRuntime`]). Its tasks run on async-std's global
+//! executor and its sockets and timers on async-io's reactor, so nothing
+//! here needs to be called from inside a particular runtime context.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use quinn::{AsyncStdRuntime, Connection, Endpoint};
+
+pub use metaserve_quinn::{
+    browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode, MetaServerHandle,
+    NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
+};
+
+/// Publishes `heartbeats` on `connection` until the stream ends, then says
+/// Goodbye so the entry disappears at once. Each item replaces the previous
+/// one if it was not sent yet; see [`metaserve_quinn::publish`].
+pub async fn publish<S>(connection: &Connection, options: PublishOptions, heartbeats: S) -> Result<(), ClientError>
+where
+    S: Stream<Item = Bytes>,
+{
+    metaserve_quinn::publish(Arc::new(AsyncStdRuntime), connection, options, heartbeats).await
+}
+
+/// A meta server running on async-std. See [`metaserve_quinn::MetaServer`].
+#[derive(Debug)]
+pub struct MetaServer(metaserve_quinn::MetaServer);
+
+impl MetaServer {
+    /// A meta server with `config`. Its tasks run on async-std's global
+    /// executor, whichever thread this is called from.
+    pub fn new(config: RegistryConfig) -> Self {
+        MetaServer(metaserve_quinn::MetaServer::new(Arc::new(AsyncStdRuntime), config))
+    }
+
+    /// A handle for statistics, the live lists, tokens and shutdown.
+    pub fn handle(&self) -> MetaServerHandle {
+        self.0.handle()
+    }
+
+    /// Serves `endpoint` until shutdown; see [`metaserve_quinn::MetaServer::serve`].
+    pub async fn serve(&self, endpoint: Endpoint) {
+        self.0.serve(endpoint).await
+    }
+}
+
+/// Binds a meta server endpoint on `addr`, driven on async-std.
+pub fn server_endpoint(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<Endpoint> {
+    metaserve_quinn::server_endpoint(Arc::new(AsyncStdRuntime), addr, config)
+}
+
+/// Binds a client endpoint on `addr` (port 0 for any) using `config` for
+/// its connections, driven on async-std.
+pub fn client_endpoint(addr: SocketAddr, config: quinn::ClientConfig) -> std::io::Result<Endpoint> {
+    metaserve_quinn::client_endpoint(Arc::new(AsyncStdRuntime), addr, config)
+}

@@ -1,0 +1,105 @@
+//! The async-std driver over real quinn connections on loopback, with an
+//! embedded MetaServer: everything under `async_std::task::block_on`, in a
+//! build where quinn is compiled without its tokio runtime.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_std::channel;
+use async_std::future::timeout;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use metaserve_async_std::{
+    browse, client_endpoint, publish, server_endpoint, tls, Browse, BrowseOptions, BrowserEvent, ClientError,
+    ErrorCode, MetaServer, MetaServerHandle, PublishOptions, RegistryConfig,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    timeout(WAIT, future).await.unwrap_or_else(|_| panic!("timed out after {WAIT:?}: {what}"))
+}
+
+struct Fixture {
+    addr: SocketAddr,
+    server: MetaServerHandle,
+    client: quinn::Endpoint,
+    serving: async_std::task::JoinHandle<()>,
+}
+
+fn start() -> Fixture {
+    let config = RegistryConfig { update_interval: Duration::from_millis(50), ..RegistryConfig::default() };
+    let cert = tls::DevCertificate::generate().unwrap();
+    let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config).unwrap();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), server_config).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let server = MetaServer::new(config);
+    let handle = server.handle();
+    let serving = async_std::task::spawn(async move { server.serve(endpoint).await });
+    let client_config = tls::client_config_pinned(cert.fingerprint).unwrap();
+    let client = client_endpoint("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
+    Fixture { addr, server: handle, client, serving }
+}
+
+impl Fixture {
+    async fn connect(&self) -> quinn::Connection {
+        within("QUIC handshake", self.client.connect(self.addr, "localhost").unwrap()).await.unwrap()
+    }
+}
+
+/// Reads `list` until a `Synced` at which `done` holds.
+async fn until_synced(list: &mut Browse, what: &str, done: impl Fn(&Browse) -> bool) {
+    within(what, async {
+        while !(matches!(list.next().await.unwrap().unwrap(), BrowserEvent::Synced { .. }) && done(list)) {}
+    })
+    .await;
+}
+
+#[test]
+fn publisher_appears_changes_and_leaves_with_goodbye() {
+    async_std::task::block_on(async {
+        let fx = start();
+        let (tx, rx) = channel::bounded::<Bytes>(4);
+        tx.send(Bytes::from_static(b"map=one")).await.unwrap();
+        let conn = fx.connect().await;
+        let publishing = async_std::task::spawn(async move { publish(&conn, PublishOptions::new("game"), rx).await });
+
+        let conn = fx.connect().await;
+        let mut list = within("browse Welcome", browse(&conn, BrowseOptions::new("game"))).await.unwrap();
+        until_synced(&mut list, "the publisher listed", |l| l.servers().len() == 1).await;
+        let address = list.servers().next().unwrap().address;
+
+        tx.send(Bytes::from_static(b"map=two")).await.unwrap();
+        until_synced(&mut list, "the update", |l| l.server(&address).is_some_and(|s| &s.blob[..] == b"map=two")).await;
+
+        // The heartbeat stream ends: Goodbye, and the entry goes at once.
+        drop(tx);
+        within("publish to return", publishing).await.unwrap();
+        until_synced(&mut list, "the removal", |l| l.servers().len() == 0).await;
+        assert_eq!(fx.server.stats().publishers, 0);
+
+        fx.server.shutdown();
+        within("serve to return", fx.serving).await;
+        match within("the browse to end", list.next()).await {
+            Some(Err(ClientError::Rejected { code, .. })) => assert_eq!(code, ErrorCode::SHUTTING_DOWN),
+            other => panic!("expected SHUTTING_DOWN, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn bad_token_is_rejected_with_its_code() {
+    async_std::task::block_on(async {
+        let fx = start();
+        fx.server.set_publish_tokens("private", ["sesame"]);
+        let conn = fx.connect().await;
+        let heartbeats = futures_util::stream::iter([Bytes::from_static(b"x")]).chain(futures_util::stream::pending());
+        match within("the rejection", publish(&conn, PublishOptions::new("private"), heartbeats)).await {
+            Err(ClientError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::UNAUTHORIZED),
+            other => panic!("expected UNAUTHORIZED, got {other:?}"),
+        }
+    });
+}
