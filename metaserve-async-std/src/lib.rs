@@ -96,57 +96,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures_core::Stream;
-use quinn::{AsyncStdRuntime, Connection, Endpoint};
-
 pub use metaserve_quinn::{
     browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode, MetaServerHandle,
     NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
 };
 
-/// Publishes `heartbeats` on `connection` until the stream ends, then says
-/// Goodbye so the entry disappears at once. Each item replaces the previous
-/// one if it was not sent yet; see [`metaserve_quinn::publish`].
-pub async fn publish<S>(connection: &Connection, options: PublishOptions, heartbeats: S) -> Result<(), ClientError>
-where
-    S: Stream<Item = Bytes>,
-{
-    metaserve_quinn::publish(Arc::new(AsyncStdRuntime), connection, options, heartbeats).await
-}
-
-/// A meta server running on async-std. See [`metaserve_quinn::MetaServer`].
-#[derive(Debug)]
-pub struct MetaServer(metaserve_quinn::MetaServer);
-
-impl MetaServer {
-    /// A meta server with `config`. Its tasks run on async-std's global
-    /// executor, whichever thread this is called from.
-    pub fn new(config: RegistryConfig) -> Self {
-        MetaServer(metaserve_quinn::MetaServer::new(Arc::new(AsyncStdRuntime), config))
-    }
-
-    /// A handle for statistics, the live lists, tokens and shutdown.
-    pub fn handle(&self) -> MetaServerHandle {
-        self.0.handle()
-    }
-
-    /// Serves `endpoint` until shutdown; see [`metaserve_quinn::MetaServer::serve`].
-    pub async fn serve(&self, endpoint: Endpoint) {
-        self.0.serve(endpoint).await
-    }
-}
-
-/// Binds a meta server endpoint on `addr`, driven on async-std.
-pub fn server_endpoint(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<Endpoint> {
-    metaserve_quinn::server_endpoint(Arc::new(AsyncStdRuntime), addr, config)
-}
-
-/// Binds a client endpoint on `addr` (port 0 for any) using `config` for
-/// its connections, driven on async-std.
-pub fn client_endpoint(addr: SocketAddr, config: quinn::ClientConfig) -> std::io::Result<Endpoint> {
-    metaserve_quinn::client_endpoint(Arc::new(AsyncStdRuntime), addr, config)
-}
+metaserve_quinn::bind_runtime!(
+    quinn::AsyncStdRuntime,
+    "async-std",
+    "Its tasks run on async-std's global executor, whichever thread this is called from."
+);

@@ -18,8 +18,8 @@ use serde::Deserialize;
 #[derive(Debug, Parser)]
 #[command(name = "metaserve-daemon", version, about, long_about)]
 pub(crate) struct Cli {
-    /// UDP address to listen on [default: [::]:27950]
-    #[arg(long, value_name = "ADDR")]
+    // `help` rather than a doc comment: rustdoc would read "[::]" as a link.
+    #[arg(long, value_name = "ADDR", help = "UDP address to listen on [default: [::]:27950]")]
     pub(crate) listen: Option<SocketAddr>,
 
     /// TLS certificate chain, PEM

@@ -16,6 +16,9 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "driver")]
+#[doc(hidden)]
+pub mod bindings;
+#[cfg(feature = "driver")]
 mod client;
 #[cfg(feature = "driver")]
 mod io;

@@ -45,56 +45,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures_core::Stream;
-use quinn::{Connection, Endpoint, TokioRuntime};
-
 pub use metaserve_quinn::{
     browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode, MetaServerHandle,
     NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
 };
 
-/// Publishes `heartbeats` on `connection` until the stream ends, then says
-/// Goodbye so the entry disappears at once. Each item replaces the previous
-/// one if it was not sent yet; see [`metaserve_quinn::publish`].
-pub async fn publish<S>(connection: &Connection, options: PublishOptions, heartbeats: S) -> Result<(), ClientError>
-where
-    S: Stream<Item = Bytes>,
-{
-    metaserve_quinn::publish(Arc::new(TokioRuntime), connection, options, heartbeats).await
-}
-
-/// A meta server running on tokio. See [`metaserve_quinn::MetaServer`].
-#[derive(Debug)]
-pub struct MetaServer(metaserve_quinn::MetaServer);
-
-impl MetaServer {
-    /// A meta server with `config`. Call from within a tokio runtime.
-    pub fn new(config: RegistryConfig) -> Self {
-        MetaServer(metaserve_quinn::MetaServer::new(Arc::new(TokioRuntime), config))
-    }
-
-    /// A handle for statistics, the live lists, tokens and shutdown.
-    pub fn handle(&self) -> MetaServerHandle {
-        self.0.handle()
-    }
-
-    /// Serves `endpoint` until shutdown; see [`metaserve_quinn::MetaServer::serve`].
-    pub async fn serve(&self, endpoint: Endpoint) {
-        self.0.serve(endpoint).await
-    }
-}
-
-/// Binds a meta server endpoint on `addr`. Call from within a tokio runtime.
-pub fn server_endpoint(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<Endpoint> {
-    metaserve_quinn::server_endpoint(Arc::new(TokioRuntime), addr, config)
-}
-
-/// Binds a client endpoint on `addr` (port 0 for any) using `config` for
-/// its connections. Call from within a tokio runtime.
-pub fn client_endpoint(addr: SocketAddr, config: quinn::ClientConfig) -> std::io::Result<Endpoint> {
-    metaserve_quinn::client_endpoint(Arc::new(TokioRuntime), addr, config)
-}
+metaserve_quinn::bind_runtime!(
+    quinn::TokioRuntime,
+    "tokio",
+    "Call it from within a tokio runtime: its tasks are spawned with `tokio::spawn`."
+);
