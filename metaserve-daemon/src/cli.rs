@@ -15,6 +15,8 @@ use serde::Deserialize;
 /// generate a self-signed certificate and print how clients can trust it.
 /// Settings come from flags, then the --config file, then defaults.
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more or less.
+/// SIGHUP re-reads the config file's tokens, bans and limits; SIGINT and
+/// SIGTERM shut down gracefully.
 #[derive(Debug, Parser)]
 #[command(name = "metaserve-daemon", version, about, long_about)]
 pub(crate) struct Cli {
@@ -40,8 +42,15 @@ pub(crate) struct Cli {
     pub(crate) dev_cert: PathBuf,
 
     /// TOML file with the same settings plus per-namespace publish tokens
+    /// and bans; SIGHUP re-reads it
     #[arg(long, short, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+
+    /// Serve the operator HTTP API (JSON lists, /metrics, /healthz,
+    /// /readyz, status page) on this TCP address, e.g. 127.0.0.1:8080.
+    /// Off by default
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
 
     #[command(flatten)]
     pub(crate) limits: LimitFlags,
@@ -62,7 +71,7 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duratio
 
 /// Every limit of the registry; unset flags fall back to the config file's
 /// `[limits]` table (same names, with underscores), then to the defaults.
-#[derive(Debug, Default, Args, Deserialize)]
+#[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[command(next_help_heading = "Limits")]
 pub(crate) struct LimitFlags {

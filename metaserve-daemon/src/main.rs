@@ -3,27 +3,38 @@
 //! ```text
 //! metaserve-daemon --dev                              # development certificate
 //! metaserve-daemon --cert cert.pem --key key.pem      # production
-//! metaserve-daemon --config /etc/metaserve.toml       # settings and tokens from a file
+//! metaserve-daemon --config /etc/metaserve.toml       # settings, tokens and bans from a file
+//! metaserve-daemon --dev --http 127.0.0.1:8080        # plus the operator HTTP API and status page
 //! ```
 //!
-//! See `metaserve-daemon --help` and the README's "Operating" notes.
+//! See `metaserve-daemon --help` and the README's "Operating" section.
 
 #![forbid(unsafe_code)]
 
 mod cli;
+mod http;
+mod metrics;
 mod settings;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
-use metaserve_tokio::{tls, MetaServer};
+use metaserve_tokio::{tls, Ban, MetaServer, MetaServerHandle, RegistryConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::Cli;
-use crate::settings::{Identity, Settings};
+use crate::metrics::Reloads;
+use crate::settings::{Identity, Live, Settings};
+
+/// How long the HTTP server may take to finish its requests after the meta
+/// server stopped.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,6 +60,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let clock = http::Clock::now();
+    let signal_streams = Signals::register();
     let (certs, key, dev) = match &settings.identity {
         Identity::Files { cert, key } => (tls::load_certs(cert)?, tls::load_key(key)?, None),
         Identity::Dev { write_to } => {
@@ -60,7 +73,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let server_config =
-        tls::server_config(certs, key, &settings.registry).with_context(|| match &settings.identity {
+        tls::server_config(certs.clone(), key.clone_key(), &settings.live.registry).with_context(|| match &settings
+            .identity
+        {
             Identity::Files { cert, key } => {
                 format!("certificate {} and key {} cannot be used together", cert.display(), key.display())
             }
@@ -69,28 +84,143 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let endpoint = metaserve_tokio::server_endpoint(settings.listen, server_config)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = endpoint.local_addr().context("reading the bound address")?;
+    let http_listener = match settings.http {
+        Some(http) => Some(
+            tokio::net::TcpListener::bind(http).await.with_context(|| format!("cannot listen for HTTP on {http}"))?,
+        ),
+        None => None,
+    };
 
-    let server = MetaServer::new(settings.registry);
+    let server = MetaServer::new(settings.live.registry.clone());
     let handle = server.handle();
-    for (namespace, tokens) in &settings.tokens {
-        handle.set_publish_tokens(namespace, tokens);
-    }
-    tracing::info!(%addr, namespaces_with_tokens = settings.tokens.len(), "listening");
+    apply(&handle, None, &settings.live);
+    tracing::info!(
+        %addr,
+        namespaces_with_tokens = settings.live.tokens.len(),
+        bans = settings.live.bans.len(),
+        "listening"
+    );
     let mut out = std::io::stdout().lock();
     writeln!(out, "metaserve listening on {addr}")?;
+    let reloads = Arc::new(Reloads::default());
+    let mut http_task = None;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = http_listener {
+        let http_addr = listener.local_addr().context("reading the bound HTTP address")?;
+        writeln!(out, "metaserve http on {http_addr}")?;
+        tracing::info!(%http_addr, "HTTP API, metrics and status page at http://{http_addr}/");
+        let state = http::Http::new(handle.clone(), clock, reloads.clone());
+        http_task = Some(tokio::spawn(http::serve(listener, state, async move {
+            let _ = http_stopped.await;
+        })));
+    }
     if let (Some(dev), Identity::Dev { write_to }) = (&dev, &settings.identity) {
         print_dev_instructions(&mut out, addr, write_to, &dev.fingerprint)?;
     }
     out.flush()?;
     drop(out);
 
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        handle.shutdown();
-    });
+    // New transport settings (the frame size follows the limits) for new connections.
+    let transport = {
+        let endpoint = endpoint.clone();
+        move |config: &RegistryConfig| -> anyhow::Result<()> {
+            let server_config = tls::server_config(certs.clone(), key.clone_key(), config)?;
+            endpoint.set_server_config(Some(server_config));
+            Ok(())
+        }
+    };
+    tokio::spawn(signals(signal_streams, handle, settings, reloads, transport));
     server.serve(endpoint).await;
+    if let Some(task) = http_task {
+        let _ = stop_http.send(());
+        match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("HTTP server failed: {e}"),
+            Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+            Err(_) => tracing::warn!("HTTP requests still running after {HTTP_SHUTDOWN_GRACE:?}: dropped"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Puts `new` in force: limits, publish tokens (namespaces no longer listed
+/// lose theirs), and bans, which close open connections they cover.
+fn apply(handle: &MetaServerHandle, old: Option<&Live>, new: &Live) -> usize {
+    if old.is_some_and(|old| old.registry != new.registry) {
+        handle.set_config(new.registry.clone());
+    }
+    if let Some(old) = old {
+        for namespace in old.tokens.keys().filter(|ns| !new.tokens.contains_key(*ns)) {
+            handle.set_publish_tokens::<&str>(namespace, []);
+        }
+    }
+    for (namespace, tokens) in &new.tokens {
+        handle.set_publish_tokens(namespace, tokens);
+    }
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let bans: Vec<Ban> = new
+        .bans
+        .iter()
+        .filter_map(|b| {
+            let ban = b.to_ban(now, wall);
+            if ban.is_none() {
+                tracing::info!(address = %b.target, reason = %b.reason, "ban already expired: ignored");
+            }
+            ban
+        })
+        .collect();
+    let banned = handle.set_bans(bans);
+    if banned > 0 {
+        tracing::info!(connections = banned, "closed connections from newly banned addresses");
+    }
+    banned
+}
+
+/// Waits for signals: SIGHUP reloads the config file, SIGINT or SIGTERM
+/// shut the server down.
+async fn signals(
+    mut signals: Signals,
+    handle: MetaServerHandle,
+    settings: Settings,
+    reloads: Arc<Reloads>,
+    transport: impl Fn(&RegistryConfig) -> anyhow::Result<()>,
+) {
+    let mut live = settings.live.clone();
+    loop {
+        match signals.next().await {
+            Signal::Shutdown => break,
+            Signal::Reload => match settings.reload() {
+                Ok((new, ignored)) => {
+                    for key in ignored {
+                        tracing::warn!(key, "config reload: this key changed but only takes effect at a restart");
+                    }
+                    if new.registry != live.registry {
+                        if let Err(e) = transport(&new.registry) {
+                            reloads.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!("config reload rejected, the previous config stays in force: {e:#}");
+                            continue;
+                        }
+                    }
+                    let closed = apply(&handle, Some(&live), &new);
+                    reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        namespaces_with_tokens = new.tokens.len(),
+                        bans = new.bans.len(),
+                        limits_changed = new.registry != live.registry,
+                        closed,
+                        "config reloaded"
+                    );
+                    live = new;
+                }
+                Err(e) => {
+                    reloads.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("config reload rejected, the previous config stays in force: {e:#}");
+                }
+            },
+        }
+    }
+    handle.shutdown();
 }
 
 fn print_dev_instructions(
@@ -113,23 +243,47 @@ fn print_dev_instructions(
     Ok(())
 }
 
-async fn shutdown_signal() {
+enum Signal {
+    Shutdown,
+    Reload,
+}
+
+/// The signals the daemon handles, registered once at start: from then on a
+/// SIGHUP can no longer terminate the process (its default action).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+                (Ok(term), Ok(hup)) => Signals { unix: Some((term, hup)) },
+                (term, hup) => {
+                    if let Err(e) = term.and(hup) {
+                        tracing::warn!("cannot listen for SIGTERM and SIGHUP: {e}");
+                    }
+                    Signals { unix: None }
                 }
             }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, hup)) = &mut self.unix {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Shutdown,
+                _ = term.recv() => Signal::Shutdown,
+                _ = hup.recv() => Signal::Reload,
+            };
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Shutdown
+    }
 }

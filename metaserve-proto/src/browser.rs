@@ -167,14 +167,18 @@ impl Browser {
     }
 
     /// Where a reconnect resumes from: the registry epoch and the revision of
-    /// the last Synced. None before the first Synced.
+    /// the last Synced. None before the first Synced, and None for an epoch
+    /// of 0: a Hello cannot carry it (0 means "no resume"), so the reconnect
+    /// starts from an empty list instead of keeping one the server will not
+    /// bring up to date.
     pub fn resume_point(&self) -> Option<Resume> {
         let resume = self.config.resume;
-        match &self.welcome {
+        let point = match &self.welcome {
             Some(w) if self.synced > 0 => Some(Resume { epoch: w.epoch, cursor: self.synced }),
             Some(_) => None,
             None => resume,
-        }
+        };
+        point.filter(|r| r.epoch != 0)
     }
 
     /// The current list, in no particular order.

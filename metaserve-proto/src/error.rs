@@ -69,7 +69,7 @@ error_codes! {
     REPLACED = 0x0c,
     /// The server is shutting down.
     SHUTTING_DOWN = 0x0d,
-    /// The peer's address is banned by the operator.
+    /// The peer's address is banned by the operator (`Registry::set_bans`).
     BANNED = 0x0e,
     /// The browser's list would exceed its configured maximum number of entries.
     LIST_TOO_LARGE = 0x0f,
@@ -189,6 +189,13 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
+    /// The peer's address (or, for a publisher, its entry's address) is
+    /// banned by the operator: see [`Registry::set_bans`](crate::Registry::set_bans).
+    #[error("banned: {reason}")]
+    Banned {
+        /// The operator's reason for the ban.
+        reason: String,
+    },
     /// The browser's list reached its maximum size.
     #[error("server list exceeds the maximum of {max} entries")]
     ListTooLarge {
@@ -216,6 +223,7 @@ impl Error {
             Error::HeartbeatTimeout => ErrorCode::HEARTBEAT_TIMEOUT,
             Error::Replaced => ErrorCode::REPLACED,
             Error::ShuttingDown => ErrorCode::SHUTTING_DOWN,
+            Error::Banned { .. } => ErrorCode::BANNED,
             Error::ListTooLarge { .. } => ErrorCode::LIST_TOO_LARGE,
         }
     }

@@ -75,4 +75,7 @@ pub use decoder::{FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
 pub use error::{DecodeError, Error, ErrorCode};
 pub use frame::{Resume, Role, Welcome, ALPN, PROTOCOL_VERSION};
 pub use publisher::{Publisher, PublisherConfig, PublisherEvent};
-pub use registry::{ConnectionHandle, Event, NamespaceInfo, Registry, Stats};
+pub use registry::{
+    Ban, BanTarget, BanTargetError, CodeCounts, ConnectionHandle, Counters, EntryInfo, Event, NamespaceInfo, Registry,
+    Stats,
+};

@@ -146,7 +146,11 @@ where
             if publisher.is_closed() && out.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            if timer.poll_at(cx, publisher.poll_timeout()).is_ready() {
+            // A deadline is progress only when the stream could take what it
+            // produces; while output waits, the stream's writability wakes us
+            // (else a server that stops reading would spin this loop).
+            let next = if out.is_empty() { publisher.poll_timeout() } else { None };
+            if timer.poll_at(cx, next).is_ready() {
                 progressed = true;
             }
             if !progressed {

@@ -31,7 +31,8 @@ pub mod tls;
 #[cfg(feature = "driver")]
 pub use client::{browse, browse_with, publish, Browse, BrowseOptions, ClientError, PublishOptions};
 pub use metaserve_proto::{
-    Browser, BrowserEvent, ErrorCode, NamespaceInfo, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
+    Ban, BanTarget, Browser, BrowserEvent, CodeCounts, Counters, EntryInfo, ErrorCode, NamespaceInfo, RegistryConfig,
+    Resume, Server, Stats, Welcome, ALPN,
 };
 #[cfg(feature = "driver")]
-pub use server::{client_endpoint, server_endpoint, MetaServer, MetaServerHandle};
+pub use server::{client_endpoint, server_endpoint, MetaServer, MetaServerHandle, Traffic};

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metaserve_proto::{
-    ConnectionHandle, Error, ErrorCode, Event, NamespaceInfo, Registry, RegistryConfig, Server, Stats,
+    Ban, CodeCounts, ConnectionHandle, Counters, EntryInfo, Error, ErrorCode, Event, NamespaceInfo, Registry,
+    RegistryConfig, Server, Stats,
 };
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, Runtime, VarInt};
 
@@ -21,10 +22,15 @@ use crate::io::{race, Outbox, Timer, BUDGET};
 /// created after the timer task went to sleep are never late by more.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 
+/// How long `serve` waits on shutdown for the peers to be told, at most.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(3);
+
 #[derive(Debug)]
 struct State {
     registry: Registry,
     connections: HashMap<ConnectionHandle, Connection>,
+    /// The driver's own counts; the byte counts are kept apart, in atomics.
+    traffic: Traffic,
 }
 
 #[derive(Debug)]
@@ -32,6 +38,33 @@ struct Shared {
     state: Mutex<State>,
     shutting_down: AtomicBool,
     shutdown: event_listener::Event,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+/// What the driver counts around the registry (whose own counts are
+/// [`Stats`] and [`Counters`]), since the server was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Bytes read from clients' session streams.
+    pub bytes_received: u64,
+    /// Bytes the registry produced for clients' session streams.
+    pub bytes_sent: u64,
+    /// QUIC connections that completed their handshake.
+    pub connections: u64,
+    /// Incoming connections whose QUIC handshake failed.
+    pub handshakes_failed: u64,
+    /// Connections the driver closed on its own account: the client
+    /// finished its stream (`NO_ERROR`) or opened a second one
+    /// (`PROTOCOL_VIOLATION`). Closes the registry decides are in
+    /// [`Counters::closed`] and [`Counters::refused`].
+    pub closed_by_server: CodeCounts,
+    /// Connections the client closed, by the application code it sent.
+    pub closed_by_client: CodeCounts,
+    /// Connections that ended without an application close: idle timeout,
+    /// reset, transport error.
+    pub lost: u64,
 }
 
 impl Shared {
@@ -79,10 +112,12 @@ pub struct MetaServer {
 }
 
 /// A cheap, cloneable handle to a running [`MetaServer`]: statistics, the
-/// live lists, publish tokens, and graceful shutdown.
+/// live lists, publish tokens, bans, live configuration, and graceful
+/// shutdown.
 #[derive(Debug, Clone)]
 pub struct MetaServerHandle {
     shared: Arc<Shared>,
+    runtime: Arc<dyn Runtime>,
 }
 
 impl MetaServer {
@@ -91,18 +126,21 @@ impl MetaServer {
     /// incarnation of the server.
     pub fn new(runtime: Arc<dyn Runtime>, config: RegistryConfig) -> Self {
         let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        let state = State { registry: Registry::new(config, epoch), connections: HashMap::new() };
+        let state =
+            State { registry: Registry::new(config, epoch), connections: HashMap::new(), traffic: Traffic::default() };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             shutting_down: AtomicBool::new(false),
             shutdown: event_listener::Event::new(),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
         });
         MetaServer { shared, runtime }
     }
 
     /// A handle for statistics and shutdown, usable while `serve` runs.
     pub fn handle(&self) -> MetaServerHandle {
-        MetaServerHandle { shared: self.shared.clone() }
+        MetaServerHandle { shared: self.shared.clone(), runtime: self.runtime.clone() }
     }
 
     /// Serves connections arriving at `endpoint` until
@@ -130,7 +168,11 @@ impl MetaServer {
             VarInt::from_u64(ErrorCode::SHUTTING_DOWN.0).unwrap_or(VarInt::MAX),
             Error::ShuttingDown.to_string().as_bytes(),
         );
-        endpoint.wait_idle().await;
+        // Let the CONNECTION_CLOSE frames go out, but no longer than this: a
+        // client advertising a large ack delay could otherwise stretch the
+        // draining period, and the exit with it, to minutes.
+        let mut timer = Timer::new(&*self.runtime);
+        let _ = race(endpoint.wait_idle(), timer.sleep_until(self.runtime.now() + SHUTDOWN_LINGER)).await;
     }
 }
 
@@ -148,6 +190,72 @@ impl MetaServerHandle {
     /// The live list of `namespace`, oldest change first.
     pub fn servers(&self, namespace: &str) -> Vec<Server> {
         self.shared.lock().registry.servers(namespace).collect()
+    }
+
+    /// The live entries of `namespace` with the time each version was
+    /// published, and the namespace's revision, read at one moment; `None`
+    /// if the namespace does not exist (no session uses it).
+    pub fn entries(&self, namespace: &str) -> Option<(u64, Vec<EntryInfo>)> {
+        let state = self.shared.lock();
+        let revision = state.registry.namespace_revision(namespace)?;
+        Some((revision, state.registry.entries(namespace).collect()))
+    }
+
+    /// The newest revision of `namespace`, or `None` if it does not exist:
+    /// a cheap test of whether its list changed.
+    pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
+        self.shared.lock().registry.namespace_revision(namespace)
+    }
+
+    /// The registry's monotonic counters.
+    pub fn counters(&self) -> Counters {
+        self.shared.lock().registry.counters().clone()
+    }
+
+    /// The driver's counts: bytes, connections, closes.
+    pub fn traffic(&self) -> Traffic {
+        let mut traffic = self.shared.lock().traffic;
+        traffic.bytes_received = self.shared.bytes_received.load(Ordering::Relaxed);
+        traffic.bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+        traffic
+    }
+
+    /// The registry's epoch, carried by every Welcome.
+    pub fn epoch(&self) -> u64 {
+        self.shared.lock().registry.epoch()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> RegistryConfig {
+        self.shared.lock().registry.config().clone()
+    }
+
+    /// Replaces the configuration; see `Registry::set_config` for what
+    /// applies to open sessions and what to new ones only. The QUIC
+    /// transport settings derived from it (`tls::server_config`) are the
+    /// endpoint's: pass a new server config to `Endpoint::set_server_config`.
+    pub fn set_config(&self, config: RegistryConfig) {
+        self.shared.lock().registry.set_config(config);
+    }
+
+    /// Replaces the ban list: banned addresses are refused with `BANNED`,
+    /// and open connections from them are closed with `BANNED` and the
+    /// ban's reason. Returns how many were closed. See `Registry::set_bans`.
+    pub fn set_bans(&self, bans: impl IntoIterator<Item = Ban>) -> usize {
+        let mut state = self.shared.lock();
+        let closed = state.registry.set_bans(self.runtime.now(), bans);
+        state.drain_events();
+        closed
+    }
+
+    /// The ban list, as last set.
+    pub fn bans(&self) -> Vec<Ban> {
+        self.shared.lock().registry.bans().to_vec()
+    }
+
+    /// Whether [`MetaServerHandle::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Acquire)
     }
 
     /// Requires publishers of `namespace` to present one of `tokens`; an
@@ -202,11 +310,13 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
         Ok(connection) => connection,
         Err(e) => {
             tracing::debug!(%peer, "QUIC handshake failed: {e}");
+            shared.lock().traffic.handshakes_failed += 1;
             return;
         }
     };
     let handle = {
         let mut state = shared.lock();
+        state.traffic.connections += 1;
         match state.registry.accept(runtime.now(), peer) {
             Ok(handle) => {
                 state.connections.insert(handle, connection.clone());
@@ -226,6 +336,17 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
         state.registry.remove(handle);
         state.connections.remove(&handle);
         state.drain_events();
+        let traffic = &mut state.traffic;
+        match &end {
+            End::Finished => traffic.closed_by_server.add(ErrorCode::NO_ERROR),
+            End::ExtraStream => traffic.closed_by_server.add(ErrorCode::PROTOCOL_VIOLATION),
+            // Closed by the registry (counted there) or by shutdown.
+            End::Connection(ConnectionError::LocallyClosed) => {}
+            End::Connection(ConnectionError::ApplicationClosed(close)) => {
+                traffic.closed_by_client.add(ErrorCode(close.error_code.into_inner()))
+            }
+            End::Connection(_) | End::Stream(_) => traffic.lost += 1,
+        }
     }
     log_end(peer, &end);
     match end {
@@ -279,6 +400,7 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
             match recv.poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(End::Finished),
                 Poll::Ready(Ok(n)) => {
+                    shared.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     let mut state = shared.lock();
                     // An error has closed the session in the registry and
                     // queued the Closed event that closes the connection.
@@ -290,14 +412,22 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
                 Poll::Pending => {}
             }
-            let flushed =
-                out.poll_flush(cx, &mut send, |b| shared.lock().registry.poll_transmit(handle, runtime.now(), b));
+            let flushed = out.poll_flush(cx, &mut send, |b| {
+                let before = b.len();
+                let more = shared.lock().registry.poll_transmit(handle, runtime.now(), b);
+                shared.bytes_sent.fetch_add((b.len() - before) as u64, Ordering::Relaxed);
+                more
+            });
             match flushed {
                 Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
-            let next = shared.lock().registry.poll_connection_timeout(handle);
+            // A browser's update deadline only leads to more output: while
+            // output waits for the stream (whose writability wakes this
+            // task), a passed deadline is no progress. Counting it made a
+            // browser that stops reading spin this loop at full CPU.
+            let next = if out.is_empty() { shared.lock().registry.poll_connection_timeout(handle) } else { None };
             if timer.poll_at(cx, next).is_ready() {
                 progressed = true;
             }

@@ -46,8 +46,9 @@
 #![forbid(unsafe_code)]
 
 pub use metaserve_quinn::{
-    browse, browse_with, tls, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, ErrorCode, MetaServerHandle,
-    NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server, Stats, Welcome, ALPN,
+    browse, browse_with, tls, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, CodeCounts,
+    Counters, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server,
+    Stats, Traffic, Welcome, ALPN,
 };
 
 metaserve_quinn::bind_runtime!(

@@ -89,6 +89,7 @@ pub struct Daemon {
     log: PathBuf,
     dir: tempfile::TempDir,
     status: Option<ExitStatus>,
+    http: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -122,11 +123,15 @@ impl Daemon {
         let mut child = command.spawn().expect("cannot start metaserve-daemon");
         let pid = child.id().expect("the daemon has a pid");
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut http = None;
         let announced = tokio::time::timeout(WAIT, async {
             let (mut addr, mut fingerprint) = (None, None);
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.strip_prefix("metaserve listening on ") {
                     addr = rest.trim().parse::<SocketAddr>().ok();
+                } else if let Some(rest) = line.strip_prefix("metaserve http on ") {
+                    // Printed before the fingerprint, when --http is given.
+                    http = rest.trim().parse::<SocketAddr>().ok();
                 } else if let Some(rest) = line.strip_prefix("SHA-256 fingerprint: ") {
                     fingerprint = rest.trim().parse::<Fingerprint>().ok();
                 }
@@ -150,7 +155,7 @@ impl Daemon {
         // writing to) a full or closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let client_config = metaserve_tokio::tls::client_config_pinned(fingerprint).expect("client config");
-        Daemon { child, pid, addr, fingerprint, client_config, log, dir, status: None }
+        Daemon { child, pid, addr, fingerprint, client_config, log, dir, status: None, http }
     }
 
     /// The address the daemon listens on.
@@ -161,6 +166,51 @@ impl Daemon {
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The address of the daemon's HTTP API; start it with `--http 127.0.0.1:0`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("the daemon was started without --http")
+    }
+
+    /// `http://<http_addr><path>`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr())
+    }
+
+    /// The config file given to [`Daemon::start_with_config`].
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("metaserve.toml")
+    }
+
+    /// Replaces the config file's contents and sends SIGHUP to reload it.
+    pub fn reload_config(&self, toml: &str) {
+        std::fs::write(self.config_path(), toml).expect("cannot rewrite the config file");
+        self.signal("HUP");
+    }
+
+    /// Sends signal `name` (as kill(1) spells it: HUP, TERM, ...) to the daemon.
+    pub fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("cannot run kill(1)");
+        assert!(sent.success(), "kill -{name} {} failed", self.pid);
+    }
+
+    /// Waits until the daemon's log contains `text`; returns the log.
+    pub async fn wait_log(&self, text: &str) -> String {
+        within(&format!("the daemon to log {text:?}"), WAIT, async {
+            loop {
+                let log = self.log();
+                if log.contains(text) {
+                    return log;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
     }
 
     /// The fingerprint of the daemon's development certificate.
@@ -187,6 +237,31 @@ impl Daemon {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("no VmRSS line in /proc/<pid>/status")
+    }
+
+    /// The daemon's peak resident set size in KiB since it started: `VmHWM`
+    /// from `/proc/<pid>/status`. Read it before the daemon exits.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("cannot read the daemon's /proc status (is it still running?)");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("no VmHWM line in /proc/<pid>/status")
+    }
+
+    /// CPU time (user + system) the daemon has used so far, from
+    /// `/proc/<pid>/stat` (in clock ticks of 10 ms, Linux's `USER_HZ`).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .expect("cannot read the daemon's /proc stat (is it still running?)");
+        // The command name (field 2) may contain spaces; fields after it are plain.
+        let rest = stat.rsplit_once(')').map(|(_, rest)| rest).expect("malformed /proc/<pid>/stat");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_millis(ticks * 10)
     }
 
     /// A client endpoint on `127.0.0.<host>` (any port), trusting the daemon.

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use slab::Slab;
@@ -40,6 +41,10 @@ struct Node {
     port_declared: bool,
     pins: u32,
     blob: Bytes,
+    /// When this version of the entry was published.
+    changed: Instant,
+    /// Whether a browser has been sent this version.
+    sent: bool,
 }
 
 /// A browser's position in a [`Log`]: O(1) in size, however far behind it is.
@@ -77,6 +82,9 @@ pub(crate) enum Upserted {
     Inserted,
     /// The entry's blob or port flag changed.
     Updated,
+    /// Like `Updated`, and no browser had been sent the replaced version:
+    /// the log coalesced it away.
+    Superseded,
     /// Same blob as before: no new revision, nothing to send.
     Unchanged,
 }
@@ -98,6 +106,8 @@ pub(crate) struct Log {
     last_rev: u64,
     /// Cursors below this revision may have missed a pruned tombstone.
     floor: u64,
+    /// Upsert and Remove frames written by `walk`, ever.
+    frames_sent: u64,
 }
 
 impl Log {
@@ -137,8 +147,33 @@ impl Log {
         })
     }
 
-    /// Sets the entry for `key`, taking the next revision from `revision` if it changed.
-    pub(crate) fn upsert(&mut self, key: SocketAddr, blob: &[u8], port_declared: bool, revision: &mut u64) -> Upserted {
+    /// Live entries in revision order, with the time each version was published.
+    pub(crate) fn entries_changed(&self) -> impl Iterator<Item = (u64, SocketAddr, bool, &Bytes, Instant)> + '_ {
+        let mut pos = self.head;
+        std::iter::from_fn(move || loop {
+            let node = self.nodes.get(pos)?;
+            pos = node.next;
+            if node.kind == Kind::Live {
+                return Some((node.rev, node.key, node.port_declared, &node.blob, node.changed));
+            }
+        })
+    }
+
+    /// Upsert and Remove frames written by [`Log::walk`] since the log was created.
+    pub(crate) fn frames_sent(&self) -> u64 {
+        self.frames_sent
+    }
+
+    /// Sets the entry for `key`, published at `now`, taking the next
+    /// revision from `revision` if it changed.
+    pub(crate) fn upsert(
+        &mut self,
+        key: SocketAddr,
+        blob: &[u8],
+        port_declared: bool,
+        now: Instant,
+        revision: &mut u64,
+    ) -> Upserted {
         let Some(&slot) = self.index.get(&key) else {
             *revision += 1;
             let node = Node {
@@ -150,6 +185,8 @@ impl Log {
                 port_declared,
                 pins: 0,
                 blob: Bytes::copy_from_slice(blob),
+                changed: now,
+                sent: false,
             };
             let slot = self.nodes.insert(node);
             self.link_tail(slot);
@@ -163,7 +200,8 @@ impl Log {
         };
         let outcome = match node.kind {
             Kind::Live if node.port_declared == port_declared && node.blob == blob => return Upserted::Unchanged,
-            Kind::Live => Upserted::Updated,
+            Kind::Live if node.sent => Upserted::Updated,
+            Kind::Live => Upserted::Superseded,
             Kind::Tombstone => {
                 self.tombstones -= 1;
                 self.live += 1;
@@ -174,6 +212,8 @@ impl Log {
         node.kind = Kind::Live;
         node.port_declared = port_declared;
         node.blob = Bytes::copy_from_slice(blob);
+        node.changed = now;
+        node.sent = false;
         *revision += 1;
         self.move_to_tail(slot, *revision);
         outcome
@@ -244,6 +284,8 @@ impl Log {
             port_declared: node.port_declared,
             pins: 0,
             blob: std::mem::take(&mut node.blob),
+            changed: node.changed,
+            sent: node.sent,
         };
         node.kind = Kind::Ghost;
         self.ghosts += 1;
@@ -318,20 +360,25 @@ impl Log {
         };
         let mut last = NIL;
         let done = loop {
-            let Some(node) = self.nodes.get(pos) else { break true };
+            let Some(node) = self.nodes.get_mut(pos) else { break true };
             if node.rev > target {
                 break true;
             }
             match node.kind {
-                Kind::Live => Frame::Upsert(Upsert {
-                    revision: node.rev,
-                    address: node.key,
-                    port_declared: node.port_declared,
-                    blob: &node.blob,
-                })
-                .encode(buf),
+                Kind::Live => {
+                    Frame::Upsert(Upsert {
+                        revision: node.rev,
+                        address: node.key,
+                        port_declared: node.port_declared,
+                        blob: &node.blob,
+                    })
+                    .encode(buf);
+                    node.sent = true;
+                    self.frames_sent += 1;
+                }
                 Kind::Tombstone if node.rev > cursor.skip_tombstones_upto => {
-                    Frame::Remove { revision: node.rev, address: node.key }.encode(buf)
+                    Frame::Remove { revision: node.rev, address: node.key }.encode(buf);
+                    self.frames_sent += 1;
                 }
                 Kind::Tombstone | Kind::Ghost => {}
             }
@@ -462,14 +509,14 @@ mod tests {
         let mut log = Log::new(0);
         let mut rev = 0;
         for port in 1..=3 {
-            assert_eq!(log.upsert(addr(port), b"a", false, &mut rev), Upserted::Inserted);
+            assert_eq!(log.upsert(addr(port), b"a", false, Instant::now(), &mut rev), Upserted::Inserted);
         }
-        assert_eq!(log.upsert(addr(1), b"a", false, &mut rev), Upserted::Unchanged);
+        assert_eq!(log.upsert(addr(1), b"a", false, Instant::now(), &mut rev), Upserted::Unchanged);
         assert_eq!(rev, 3);
         let mut cursor = Cursor::fresh(log.last_rev());
         assert_eq!(walk_all(&mut log, &mut cursor), ["+1@1", "+2@2", "+3@3"]);
         for i in 0..10u8 {
-            log.upsert(addr(2), &[i], false, &mut rev);
+            log.upsert(addr(2), &[i], false, Instant::now(), &mut rev);
         }
         assert!(log.remove(&addr(3), &mut rev, 100));
         assert_eq!(walk_all(&mut log, &mut cursor), ["+2@13", "-3@14"]);
@@ -482,12 +529,12 @@ mod tests {
     fn pinned_node_leaves_a_ghost_that_its_cursor_frees() {
         let mut log = Log::new(0);
         let mut rev = 0;
-        log.upsert(addr(1), b"a", false, &mut rev);
-        log.upsert(addr(2), b"a", false, &mut rev);
+        log.upsert(addr(1), b"a", false, Instant::now(), &mut rev);
+        log.upsert(addr(2), b"a", false, Instant::now(), &mut rev);
         let mut cursor = Cursor::fresh(0);
         let mut buf = Vec::new();
         assert!(!log.walk(&mut cursor, 2, &mut buf, 1)); // stops after the first entry
-        log.upsert(addr(1), b"b", false, &mut rev); // the pinned node moves
+        log.upsert(addr(1), b"b", false, Instant::now(), &mut rev); // the pinned node moves
         assert_eq!(log.ghosts(), 1);
         log.check(1).unwrap();
         assert_eq!(walk_all(&mut log, &mut cursor), ["+2@2", "+1@3"]);
@@ -500,7 +547,7 @@ mod tests {
         let mut log = Log::new(0);
         let mut rev = 0;
         for port in 1..=5 {
-            log.upsert(addr(port), b"x", false, &mut rev);
+            log.upsert(addr(port), b"x", false, Instant::now(), &mut rev);
         }
         for port in 1..=5 {
             log.remove(&addr(port), &mut rev, 2);
@@ -517,7 +564,7 @@ mod tests {
         let mut log = Log::new(0);
         let mut rev = 0;
         for port in 1..=100 {
-            log.upsert(addr(port), b"x", false, &mut rev);
+            log.upsert(addr(port), b"x", false, Instant::now(), &mut rev);
         }
         let mut cursor = Cursor::resume(98);
         assert_eq!(walk_all(&mut log, &mut cursor), ["+99@99", "+100@100"]);

@@ -10,6 +10,8 @@
 //! [`Registry::poll_connection_timeout`]. Connections the registry decides to
 //! close are reported by [`Registry::poll_event`].
 
+mod bans;
+mod counters;
 mod log;
 
 use std::cmp::Reverse;
@@ -28,6 +30,9 @@ use crate::error::{Error, ErrorCode};
 use crate::frame::{Frame, Hello, PublisherInfo, Reject, Role, Welcome, PROTOCOL_VERSION};
 use crate::{varint, Server};
 use log::{Cursor, Log, Upserted};
+
+pub use bans::{Ban, BanTarget, BanTargetError};
+pub use counters::{CodeCounts, Counters};
 
 /// Identifies one connection's session in a [`Registry`].
 ///
@@ -111,8 +116,31 @@ pub struct NamespaceInfo {
     pub browsers: usize,
     /// Live entries.
     pub entries: usize,
+    /// Tombstones kept for resuming browsers: at most
+    /// [`RegistryConfig::max_tombstones`] (the value in force at the
+    /// namespace's last removal).
+    pub tombstones: usize,
     /// Newest revision in the namespace.
     pub revision: u64,
+}
+
+/// One live entry as seen by [`Registry::entries`]: what a browser receives,
+/// plus when this version was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// Where players reach the game server (see [`Server::address`]).
+    pub address: SocketAddr,
+    /// Whether the port was declared by the game server (else observed).
+    pub port_declared: bool,
+    /// The game's heartbeat, opaque to metaserve.
+    pub blob: Bytes,
+    /// The registry revision of this version of the entry.
+    pub revision: u64,
+    /// When the heartbeat that made this version arrived (the `now` passed
+    /// to [`Registry::handle_input`]). Heartbeats that repeat the blob do
+    /// not move it.
+    pub changed: Instant,
 }
 
 #[derive(Debug)]
@@ -133,6 +161,9 @@ struct Publishing {
     port_declared: bool,
     last_seen: Instant,
     welcome_pending: bool,
+    /// The limits promised in this session's Welcome, kept across `set_config`.
+    max_blob_size: usize,
+    entry_ttl: Duration,
 }
 
 #[derive(Debug)]
@@ -235,6 +266,8 @@ pub struct Registry {
     stats: Stats,
     next_publisher_id: u64,
     shutting_down: bool,
+    bans: bans::BanList,
+    counters: Counters,
 }
 
 fn deadline(now: Instant, after: Duration) -> Option<Instant> {
@@ -281,6 +314,8 @@ impl Registry {
             stats: Stats::default(),
             next_publisher_id: 1,
             shutting_down: false,
+            bans: bans::BanList::default(),
+            counters: Counters::default(),
         }
     }
 
@@ -306,16 +341,87 @@ impl Registry {
         }
     }
 
+    /// Replaces the configuration. What changes, and when:
+    ///
+    /// - **New connections and Hellos** get every new value: handshake
+    ///   timeout, frame size (from the max blob size, namespace and token
+    ///   lengths), all session and namespace limits, and the values of their
+    ///   Welcome.
+    /// - **Existing publishers keep the max blob size and entry TTL their
+    ///   Welcome promised** (a publisher paces its refreshes by that TTL); the
+    ///   heartbeat interval is advice given in the Welcome, so it too changes
+    ///   for new sessions only.
+    /// - **Existing browsers** follow a new update interval from their next
+    ///   batch on.
+    /// - **Limits on counts** (per IP, in total, namespaces, handshakes) are
+    ///   checked when a session starts: lowering one closes no session.
+    /// - **Max tombstones** applies at the next removal in each namespace,
+    ///   **transmit chunk** at the next [`Registry::poll_transmit`].
+    pub fn set_config(&mut self, config: RegistryConfig) {
+        self.config = config;
+    }
+
+    /// Replaces the ban list. Connections from a banned address are refused
+    /// by [`Registry::accept`] with [`Error::Banned`] (`BANNED`), and so are
+    /// publishers whose entry address (with a declared port) is banned.
+    /// Sessions already open whose peer address or entry address is covered
+    /// by a ban in force at `now` are closed with `BANNED` and the ban's
+    /// reason ([`Event::Closed`]); their entries are removed. A ban lapses at
+    /// its expiry; lapsed bans stay in the list until it is replaced.
+    /// Returns how many sessions were closed.
+    pub fn set_bans(&mut self, now: Instant, bans: impl IntoIterator<Item = Ban>) -> usize {
+        self.bans = bans::BanList::new(bans.into_iter().collect());
+        let mut doomed = Vec::new();
+        for (idx, session) in &self.sessions {
+            let entry = match &session.state {
+                State::Closing { .. } => continue,
+                State::Publisher(p) => Some(p.key),
+                State::Handshaking | State::Browser(_) => None,
+            };
+            let ban = self.bans.lookup(now, session.peer).or_else(|| entry.and_then(|e| self.bans.lookup(now, e)));
+            if let Some(ban) = ban {
+                doomed.push((idx, ban.reason.clone()));
+            }
+        }
+        let closed = doomed.len();
+        for (idx, reason) in doomed {
+            self.close_session(idx, Some(Error::Banned { reason }));
+        }
+        closed
+    }
+
+    /// The ban list in force, as last set.
+    pub fn bans(&self) -> &[Ban] {
+        self.bans.bans()
+    }
+
+    /// The ban in force at `now` that covers `addr`, if any.
+    pub fn ban_for(&self, now: Instant, addr: SocketAddr) -> Option<&Ban> {
+        self.bans.lookup(now, addr)
+    }
+
     /// Registers a new connection from `peer`, which must send Hello within
     /// the handshake timeout.
     ///
-    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`] and
-    /// with [`Error::ServerFull`] when `max_handshakes` connections are
-    /// already waiting for their Hello; the driver closes the connection
-    /// with the error's code.
+    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`], with
+    /// [`Error::Banned`] when a ban in force covers `peer`, and with
+    /// [`Error::ServerFull`] when `max_handshakes` connections are already
+    /// waiting for their Hello; the driver closes the connection with the
+    /// error's code. Refusals are counted in [`Counters::refused`].
     pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+        let result = self.accept_session(now, peer);
+        if let Err(error) = &result {
+            self.counters.refused.add(error.code());
+        }
+        result
+    }
+
+    fn accept_session(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
         if self.shutting_down {
             return Err(Error::ShuttingDown);
+        }
+        if let Some(ban) = self.bans.lookup(now, peer) {
+            return Err(Error::Banned { reason: ban.reason.clone() });
         }
         if self.stats.handshakes >= self.config.max_handshakes {
             return Err(Error::ServerFull { what: "pending handshakes", max: self.config.max_handshakes });
@@ -389,14 +495,18 @@ impl Registry {
                 Ok(())
             }
             (State::Publisher(p), Frame::Heartbeat { blob }) => {
-                if blob.len() > self.config.max_blob_size {
-                    return Err(Error::BlobTooLarge { len: blob.len(), max: self.config.max_blob_size });
+                if blob.len() > p.max_blob_size {
+                    return Err(Error::BlobTooLarge { len: blob.len(), max: p.max_blob_size });
                 }
                 p.last_seen = now;
                 let Some(ns) = self.namespaces.get_mut(p.ns) else { return Ok(()) };
-                match ns.log.upsert(p.key, blob, p.port_declared, &mut self.revision) {
+                match ns.log.upsert(p.key, blob, p.port_declared, now, &mut self.revision) {
                     Upserted::Unchanged => self.stats.heartbeats_unchanged += 1,
                     Upserted::Inserted | Upserted::Updated => self.stats.heartbeats_applied += 1,
+                    Upserted::Superseded => {
+                        self.stats.heartbeats_applied += 1;
+                        self.counters.heartbeats_coalesced += 1;
+                    }
                 }
                 Ok(())
             }
@@ -428,6 +538,9 @@ impl Registry {
                 // Taking over an entry (same IP, same port) closes its old
                 // connection, so it adds no publisher: the limits do not apply.
                 let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
+                if let Some(ban) = self.bans.lookup(now, key) {
+                    return Err(Error::Banned { reason: ban.reason.clone() });
+                }
                 let ns = self.namespace_ids.get(hello.namespace).and_then(|&i| self.namespaces.get(i));
                 let takes_over = ns.is_some_and(|ns| ns.owners.contains_key(&key));
                 let max = self.config.max_publishers_per_ip;
@@ -460,6 +573,7 @@ impl Registry {
                 ns.publishers += 1;
                 per_ip.publishers += 1;
                 self.stats.publishers += 1;
+                self.counters.publishers_accepted += 1;
                 // The newest connection for an address takes over its entry.
                 let replaced = ns.owners.insert(key, idx);
                 let state = State::Publisher(Publishing {
@@ -469,6 +583,8 @@ impl Registry {
                     port_declared: hello.declared_port.is_some(),
                     last_seen: now,
                     welcome_pending: true,
+                    max_blob_size: self.config.max_blob_size,
+                    entry_ttl: self.config.entry_ttl,
                 });
                 (state, key, false, replaced)
             }
@@ -476,6 +592,7 @@ impl Registry {
                 ns.browsers += 1;
                 per_ip.browsers += 1;
                 self.stats.browsers += 1;
+                self.counters.browsers_accepted += 1;
                 let head = ns.log.last_rev();
                 let resumable = hello
                     .resume
@@ -550,6 +667,10 @@ impl Registry {
             None => (ErrorCode::NO_ERROR, "goodbye".to_owned()),
         };
         let reject = error.is_some().then(|| (code, reason.clone()));
+        self.counters.closed.add(code);
+        if error.as_ref().is_some_and(counters::is_heartbeat_error) {
+            self.counters.heartbeats_rejected.add(code);
+        }
         let state = std::mem::replace(&mut session.state, State::Closing { reject });
         let ip = session.peer.ip();
         self.release(idx, ip, state);
@@ -626,7 +747,12 @@ impl Registry {
             State::Publisher(p) => {
                 if std::mem::take(&mut p.welcome_pending) {
                     let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
-                    Frame::Welcome(welcome(&self.config, self.epoch, Some(info))).encode(buf);
+                    let promised = Welcome {
+                        max_blob_size: p.max_blob_size as u64,
+                        entry_ttl: p.entry_ttl,
+                        ..welcome(&self.config, self.epoch, Some(info))
+                    };
+                    Frame::Welcome(promised).encode(buf);
                 }
             }
             State::Browser(b) => {
@@ -648,13 +774,17 @@ impl Registry {
                     }
                     if std::mem::take(&mut b.reset_pending) {
                         Frame::Reset.encode(buf);
+                        self.counters.resets += 1;
                     }
                     // The batch runs to the current head, not to the head at its
                     // start: an entry that changes while the batch is under way
                     // moves past the cursor and is still sent in this batch, so
                     // Synced(R) always means "your list equals the namespace at R".
                     let limit = start.saturating_add(self.config.transmit_chunk);
-                    if log.walk(&mut b.cursor, log.last_rev(), buf, limit) {
+                    let frames_before = log.frames_sent();
+                    let done = log.walk(&mut b.cursor, log.last_rev(), buf, limit);
+                    self.counters.entries_sent += log.frames_sent() - frames_before;
+                    if done {
                         Frame::Synced { revision: b.cursor.rev }.encode(buf);
                         b.flushing = false;
                     }
@@ -691,7 +821,7 @@ impl Registry {
             };
             match (&session.state, kind) {
                 (State::Handshaking, TimerKind::Handshake) => self.close_session(idx, Some(Error::HandshakeTimeout)),
-                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, self.config.entry_ttl) {
+                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, p.entry_ttl) {
                     Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
                     Some(expiry) => self.timers.push(Reverse((expiry, idx, generation, kind))),
                     None => {}
@@ -749,6 +879,7 @@ impl Registry {
             publishers: ns.publishers,
             browsers: ns.browsers,
             entries: ns.log.live(),
+            tombstones: ns.log.tombstones(),
             revision: ns.log.last_rev(),
         })
     }
@@ -762,6 +893,27 @@ impl Registry {
             blob: blob.clone(),
             revision,
         })
+    }
+
+    /// The live entries of `namespace` with the time each version was
+    /// published, in revision order (oldest change first).
+    pub fn entries(&self, namespace: &str) -> impl Iterator<Item = EntryInfo> + '_ {
+        let log = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx)).map(|ns| &ns.log);
+        log.into_iter().flat_map(Log::entries_changed).map(|(revision, address, port_declared, blob, changed)| {
+            EntryInfo { address, port_declared, blob: blob.clone(), revision, changed }
+        })
+    }
+
+    /// The newest revision of `namespace`, or `None` if it does not exist.
+    /// Any change to its list (entry added, changed or removed) raises it.
+    pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
+        let ns = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx))?;
+        Some(ns.log.last_rev())
+    }
+
+    /// Monotonic counters since the registry was created.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Bytes the registry holds for this one connection: the session record
