@@ -183,6 +183,12 @@ pub enum Error {
     /// No heartbeat within the entry TTL.
     #[error("no heartbeat within the entry TTL")]
     HeartbeatTimeout,
+    /// The client finished its session stream in the middle of a frame.
+    #[error("session stream ended inside a frame ({buffered} bytes of it received)")]
+    StreamEndedInFrame {
+        /// Bytes of the incomplete frame that had arrived.
+        buffered: usize,
+    },
     /// A newer connection took over this publisher's address.
     #[error("replaced by a newer connection from the same address")]
     Replaced,
@@ -209,9 +215,9 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Decode(DecodeError::FrameTooLarge { .. }) => ErrorCode::FRAME_TOO_LARGE,
-            Error::Decode(DecodeError::Malformed { .. }) | Error::UnexpectedFrame { .. } => {
-                ErrorCode::PROTOCOL_VIOLATION
-            }
+            Error::Decode(DecodeError::Malformed { .. })
+            | Error::UnexpectedFrame { .. }
+            | Error::StreamEndedInFrame { .. } => ErrorCode::PROTOCOL_VIOLATION,
             Error::Decode(DecodeError::UnsupportedVersion { .. }) => ErrorCode::UNSUPPORTED_VERSION,
             Error::HandshakeTimeout => ErrorCode::HANDSHAKE_TIMEOUT,
             Error::Unauthorized => ErrorCode::UNAUTHORIZED,

@@ -1340,3 +1340,42 @@ mod arbitrary {
         }
     }
 }
+
+/// A finished session stream (QUIC FIN) between frames ends the session
+/// gracefully and removes the publisher's entry; one that ends inside a
+/// frame is a protocol violation.
+#[test]
+fn a_finished_stream_ends_the_session_gracefully_unless_it_cuts_a_frame() {
+    let mut world = World::new(RegistryConfig::default());
+    let publisher = world.publisher("192.0.2.1:27960", "up");
+    assert_eq!(world.registry.servers(NS).count(), 1);
+    world.registry.handle_finish(publisher.conn).unwrap();
+    assert_eq!(world.registry.servers(NS).count(), 0);
+    match world.registry.poll_event() {
+        Some(metaserve_proto::Event::Closed { code, reason, .. }) => {
+            assert_eq!((code, reason.as_str()), (ErrorCode::NO_ERROR, "session stream finished"))
+        }
+        other => panic!("expected a graceful close, got {other:?}"),
+    }
+
+    let conn = world.registry.accept(world.now, addr("192.0.2.2:1")).unwrap();
+    let mut hello = Vec::new();
+    Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Browser,
+        namespace: NS,
+        token: b"",
+        declared_port: None,
+        resume: None,
+    })
+    .encode(&mut hello);
+    world.registry.handle_input(conn, world.now, &hello[..4]).unwrap();
+    let err = world.registry.handle_finish(conn).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PROTOCOL_VIOLATION);
+    assert!(matches!(
+        world.registry.poll_event(),
+        Some(metaserve_proto::Event::Closed { code: ErrorCode::PROTOCOL_VIOLATION, .. })
+    ));
+    assert_eq!(world.registry.stats().handshakes, 0);
+    world.registry.check_invariants().unwrap();
+}

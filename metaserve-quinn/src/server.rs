@@ -56,8 +56,8 @@ pub struct Traffic {
     /// Incoming connections whose QUIC handshake failed.
     pub handshakes_failed: u64,
     /// Connections the driver closed on its own account: the client
-    /// finished its stream (`NO_ERROR`) or opened a second one
-    /// (`PROTOCOL_VIOLATION`). Closes the registry decides are in
+    /// opened a second stream (`PROTOCOL_VIOLATION`). Closes the registry
+    /// decides, including a finished session stream, are in
     /// [`Counters::closed`] and [`Counters::refused`].
     pub closed_by_server: CodeCounts,
     /// Connections the client closed, by the application code it sent.
@@ -338,7 +338,8 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
         state.drain_events();
         let traffic = &mut state.traffic;
         match &end {
-            End::Finished => traffic.closed_by_server.add(ErrorCode::NO_ERROR),
+            // Counted by the registry, which decided the close.
+            End::Finished => {}
             End::ExtraStream => traffic.closed_by_server.add(ErrorCode::PROTOCOL_VIOLATION),
             // Closed by the registry (counted there) or by shutdown.
             End::Connection(ConnectionError::LocallyClosed) => {}
@@ -350,7 +351,8 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
     }
     log_end(peer, &end);
     match end {
-        End::Finished => close(&connection, ErrorCode::NO_ERROR, "session stream finished"),
+        // Closed already, with the code the registry chose.
+        End::Finished => {}
         End::ExtraStream => close(&connection, ErrorCode::PROTOCOL_VIOLATION, "a session uses exactly one stream"),
         End::Connection(_) | End::Stream(_) => {}
     }
@@ -398,7 +400,14 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
                 return Poll::Ready(result.map_or_else(End::Connection, |_| End::ExtraStream));
             }
             match recv.poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(End::Finished),
+                Poll::Ready(Ok(0)) => {
+                    // The registry decides: a graceful end, or a stream cut
+                    // inside a frame; its Closed event closes the connection.
+                    let mut state = shared.lock();
+                    let _ = state.registry.handle_finish(handle);
+                    state.drain_events();
+                    return Poll::Ready(End::Finished);
+                }
                 Poll::Ready(Ok(n)) => {
                     shared.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     let mut state = shared.lock();

@@ -10,7 +10,7 @@
 //! | `slow_browsers` | 8 browsers that never read, 2 that read 1 byte/s | none: they stay connected |
 //! | `ip_limits` | publishers and browsers beyond the per-IP limits | `IP_LIMIT` |
 //! | `silent_publisher` | a publisher that says Hello and never heartbeats | `HEARTBEAT_TIMEOUT` after the entry TTL |
-//! | `fin_before_hello` | a session stream finished (FIN) before any Hello | `NO_ERROR` (`session stream finished`) |
+//! | `fin_before_hello` | a session stream finished (FIN) before any Hello | `NO_ERROR` (`session stream finished`), or `PROTOCOL_VIOLATION` when it ends inside the Hello |
 //!
 //! In every case a reference publisher and browser ([`Bystander`]) are
 //! connected throughout, and each of the reference publisher's successive
@@ -817,7 +817,8 @@ async fn silent_publisher() {
 /// Session streams finished (FIN) before any Hello — empty, after an
 /// unknown frame, or after the first bytes of a Hello — thirty times in a
 /// row with `--max-handshakes 8`: each connection is closed cleanly with
-/// NO_ERROR ("session stream finished"), its handshake slot is released
+/// NO_ERROR ("session stream finished"), or with PROTOCOL_VIOLATION when the
+/// stream ended inside the Hello; its handshake slot is released
 /// (no SERVER_FULL), and the daemon keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_before_hello() {
@@ -831,18 +832,16 @@ async fn fin_before_hello() {
         match round % 3 {
             0 => {}
             1 => send.write_all(&[header(UNKNOWN_TYPE, 3), b"abc".to_vec()].concat()).await.unwrap(),
-            // The stream ends inside a frame: PROTOCOL.md does not say what
-            // that is; the daemon treats it like any end of the stream.
+            // The stream ends inside a frame: a protocol violation.
             _ => send.write_all(truncated_hello).await.unwrap(),
         }
         send.finish().unwrap();
         let (code, reason) = close_code(&connection).await;
-        assert_eq!(
-            (code, reason.as_str()),
-            (ErrorCode::NO_ERROR, "session stream finished"),
-            "round {round} (variant {})",
-            round % 3
-        );
+        let expected = match round % 3 {
+            2 => (ErrorCode::PROTOCOL_VIOLATION, "session stream ended inside a frame (4 bytes of it received)"),
+            _ => (ErrorCode::NO_ERROR, "session stream finished"),
+        };
+        assert_eq!((code, reason.as_str()), expected, "round {round} (variant {})", round % 3);
         if round % 10 == 9 {
             case.check("between streams finished before Hello").await;
         }

@@ -658,13 +658,18 @@ impl Registry {
     /// Moves the session to Closing, releases what it held, reports it.
     /// `None` is a graceful close (Goodbye).
     fn close_session(&mut self, idx: usize, error: Option<Error>) {
+        self.close_session_with(idx, error, "goodbye");
+    }
+
+    /// Like `close_session`, naming the reason of a graceful close.
+    fn close_session_with(&mut self, idx: usize, error: Option<Error>, graceful_reason: &str) {
         let Some(session) = self.sessions.get_mut(idx) else { return };
         if matches!(session.state, State::Closing { .. }) {
             return;
         }
         let (code, reason) = match &error {
             Some(error) => (error.code(), error.to_string()),
-            None => (ErrorCode::NO_ERROR, "goodbye".to_owned()),
+            None => (ErrorCode::NO_ERROR, graceful_reason.to_owned()),
         };
         let reject = error.is_some().then(|| (code, reason.clone()));
         self.counters.closed.add(code);
@@ -717,6 +722,31 @@ impl Registry {
         if self.namespaces.get(ns_idx).is_some_and(|ns| ns.publishers == 0 && ns.browsers == 0) {
             let ns = self.namespaces.remove(ns_idx);
             self.namespace_ids.remove(&ns.name);
+        }
+    }
+
+    /// The client finished its session stream (a QUIC FIN). Ending between
+    /// frames is a graceful end, like Goodbye: the session closes with
+    /// `NO_ERROR` ("session stream finished"). Ending inside a frame is a
+    /// protocol violation: [`Error::StreamEndedInFrame`] is returned and the
+    /// session closes with `PROTOCOL_VIOLATION`. Either way the close is
+    /// reported as [`Event::Closed`]; a closing or unknown connection is ignored.
+    pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
+        let Some(idx) = self.index_of(connection) else { return Ok(()) };
+        let Some(session) = self.sessions.get(idx) else { return Ok(()) };
+        if matches!(session.state, State::Closing { .. }) {
+            return Ok(());
+        }
+        match session.decoder.buffered() {
+            0 => {
+                self.close_session_with(idx, None, "session stream finished");
+                Ok(())
+            }
+            buffered => {
+                let error = Error::StreamEndedInFrame { buffered };
+                self.close_session(idx, Some(error.clone()));
+                Err(error)
+            }
         }
     }
 
