@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use metaserve_tokio::{browse, BrowseOptions, BrowserEvent};
+use metaserve_tokio::{browse, BrowseOptions, Browser, BrowserEvent};
 use quinn::{Connection, Endpoint};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -280,6 +280,58 @@ impl Batch {
         self.upserts = 0;
         self.bytes = 0;
         self.floor_ns = u64::MAX;
+    }
+}
+
+/// Browsers that said Hello and never read: their streams are held open,
+/// unread, until [`Stalled::close`].
+#[derive(Debug)]
+pub(crate) struct Stalled {
+    endpoints: Vec<Endpoint>,
+    sessions: Vec<(Connection, quinn::SendStream, quinn::RecvStream)>,
+}
+
+/// Connects `count` browsers that say Hello and then never read, on their
+/// own endpoints (127.3.x.y), once the measured browsers hold the full list.
+pub(crate) async fn stall(
+    plan: &Plan,
+    count: usize,
+    server: SocketAddr,
+    client_config: quinn::ClientConfig,
+) -> anyhow::Result<Stalled> {
+    let per_endpoint = plan.per_endpoint.max(1);
+    let endpoints = (0..count.div_ceil(per_endpoint))
+        .map(|k| {
+            let addr = SocketAddr::new(endpoint_ip(3, k), 0);
+            metaserve_tokio::client_endpoint(addr, client_config.clone())
+                .with_context(|| format!("binding a stalled-browser endpoint on {addr}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut hello = Vec::new();
+    Browser::new(BrowseOptions::new(plan.namespace.clone())).poll_transmit(std::time::Instant::now(), &mut hello);
+    let mut sessions = Vec::with_capacity(count);
+    for i in 0..count {
+        let endpoint = endpoints.get(i / per_endpoint).context("stalled-browser endpoint")?;
+        let connection = endpoint
+            .connect(server, "localhost")
+            .context("connecting a stalled browser")?
+            .await
+            .with_context(|| format!("QUIC handshake of stalled browser {i}"))?;
+        let (mut send, recv) = connection.open_bi().await.context("opening a stalled browser's stream")?;
+        send.write_all(&hello).await.context("a stalled browser's Hello")?;
+        sessions.push((connection, send, recv));
+    }
+    Ok(Stalled { endpoints, sessions })
+}
+
+impl Stalled {
+    /// Closes the stalled connections and their endpoints.
+    pub(crate) async fn close(self) {
+        for (connection, _, _) in &self.sessions {
+            connection.close(0u32.into(), b"done");
+        }
+        drop(self.sessions);
+        close_endpoints(&self.endpoints).await;
     }
 }
 

@@ -67,6 +67,11 @@ pub(crate) struct RunArgs {
     #[arg(long, short = 'b', default_value_t = 10, value_name = "B")]
     pub(crate) browsers: usize,
 
+    /// Extra browsers that say Hello and then never read a byte: the daemon's
+    /// memory at the window's end against its start shows what they cost
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) stalled_browsers: usize,
+
     /// Heartbeats per second per publisher (every heartbeat changes the blob)
     #[arg(long, short = 'r', default_value_t = 1.0, value_name = "HZ")]
     pub(crate) rate: f64,
@@ -163,6 +168,9 @@ impl RunArgs {
         }
         if !(1..=MAX_BROWSERS).contains(&self.browsers) {
             bail!("--browsers must be 1 to {MAX_BROWSERS}");
+        }
+        if self.stalled_browsers > MAX_BROWSERS {
+            bail!("--stalled-browsers must be at most {MAX_BROWSERS}");
         }
         if !(self.rate > 0.0 && self.rate <= MAX_RATE) {
             bail!("--rate must be above 0 and at most {MAX_RATE} Hz");

@@ -82,7 +82,9 @@ pub(crate) async fn start(
                 .with_context(|| format!("binding a publisher endpoint on {addr}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // Beats are spread evenly over one period: publisher i beats at
+    // A publisher's first beat goes out as soon as it is connected, so that
+    // the browsers list everyone without waiting up to a period; after that,
+    // beats are spread evenly over one period: publisher i beats at
     // start + (i / P) × period, then every period.
     let start = Instant::now();
     let mut connecting = futures_util::stream::iter(0..plan.count)
@@ -124,9 +126,9 @@ pub(crate) async fn start(
     Ok(publishers)
 }
 
-/// Publisher `index`'s heartbeats: a fresh stamped blob at `first`, then
-/// every period (ticks missed under load are skipped, not bunched), until
-/// `stop` turns true.
+/// Publisher `index`'s heartbeats: a fresh stamped blob at once, then at
+/// `first` and every period after it (ticks missed under load are skipped,
+/// not bunched), until `stop` turns true.
 fn heartbeats(
     index: u32,
     first: Instant,
@@ -134,17 +136,24 @@ fn heartbeats(
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
 ) -> impl Stream<Item = Bytes> {
+    // The phase, moved past the beat sent at once.
+    let now = Instant::now();
+    let behind = now.saturating_duration_since(first).as_secs_f64();
+    let first = first + plan.period.mul_f64((behind / plan.period.as_secs_f64()).ceil());
+    let first = if first <= now { first + plan.period } else { first };
     let mut interval = tokio::time::interval_at(first, plan.period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let size = plan.size;
     futures_util::stream::unfold((interval, stop, 0u32), move |(mut interval, mut stop, seq)| {
         let live = live.clone();
         async move {
-            let stopped = tokio::select! {
-                biased;
-                _ = stop.wait_for(|stopped| *stopped) => true,
-                _ = interval.tick() => false,
-            };
+            let stopped = *stop.borrow()
+                || (seq > 0
+                    && tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|stopped| *stopped) => true,
+                        _ = interval.tick() => false,
+                    });
             if stopped {
                 return None;
             }

@@ -96,6 +96,8 @@ pub(crate) struct ProcReport {
     pub(crate) cpu_s: f64,
     /// CPU seconds / wall seconds × 100 (100 = one core busy).
     pub(crate) cpu_percent: f64,
+    /// VmRSS at the start of the window.
+    pub(crate) rss_start_kib: u64,
     /// VmRSS at the end of the window.
     pub(crate) rss_kib: u64,
     /// Largest VmRSS sampled (once a second) in the window.
@@ -110,6 +112,8 @@ pub(crate) struct ProcReport {
 pub(crate) struct RunConfig {
     pub(crate) publishers: usize,
     pub(crate) browsers: usize,
+    /// Browsers that never read (not counted in `browsers`).
+    pub(crate) stalled_browsers: usize,
     pub(crate) rate_hz: f64,
     pub(crate) size_bytes: usize,
     pub(crate) duration_s: f64,
@@ -229,11 +233,16 @@ impl RunReport {
         let interval = |s: Option<f64>| s.map_or_else(|| "?".to_owned(), |s| format!("{s}s"));
         writeln!(
             out,
-            "metaserve-loadgen run: {} publishers × {} Hz × {} B, {} browsers, window {:.1} s{}",
+            "metaserve-loadgen run: {} publishers × {} Hz × {} B, {} browsers{}, window {:.1} s{}",
             count(c.publishers as u64),
             c.rate_hz,
             c.size_bytes,
             count(c.browsers as u64),
+            if c.stalled_browsers > 0 {
+                format!(" (+ {} that never read)", count(c.stalled_browsers as u64))
+            } else {
+                String::new()
+            },
             self.window_s,
             if self.health.interrupted { " (INTERRUPTED)" } else { "" }
         )?;
@@ -284,9 +293,10 @@ impl RunReport {
         let proc_line = |out: &mut dyn Write, name: &str, p: &ProcReport| {
             writeln!(
                 out,
-                "  {name:<18} CPU {:.2} s = {:.1} %   RSS {} (max sampled {}, peak VmHWM {})   {} threads",
+                "  {name:<18} CPU {:.2} s = {:.1} %   RSS {} at start, {} at end (max sampled {}, peak VmHWM {})   {} threads",
                 p.cpu_s,
                 p.cpu_percent,
+                kib(p.rss_start_kib),
                 kib(p.rss_kib),
                 kib(p.rss_max_sampled_kib),
                 kib(p.peak_rss_kib),

@@ -180,6 +180,7 @@ fn proc_report(start: &Sample, end: &Sample, wall: Duration, rss_max_sampled_kib
     ProcReport {
         cpu_s: cpu.as_secs_f64(),
         cpu_percent: procfs::percent(cpu, wall),
+        rss_start_kib: start.rss_kib,
         rss_kib: end.rss_kib,
         rss_max_sampled_kib: rss_max_sampled_kib.max(end.rss_kib),
         peak_rss_kib: end.hwm_kib,
@@ -216,10 +217,11 @@ async fn measure(args: &RunArgs, target: &Target, progress: &Progress) -> anyhow
         let pubs = publishers::start(&publisher_plan, target.addr, client_config.clone(), &live, &stop_rx).await?;
         let brs = browsers::start(&browser_plan, target.addr, client_config.clone(), &live, &stop_rx).await?;
         all_ready(&live, args.browsers).await?;
-        anyhow::Ok((pubs, brs))
+        let stalled = browsers::stall(&browser_plan, args.stalled_browsers, target.addr, client_config.clone()).await?;
+        anyhow::Ok((pubs, brs, stalled))
     };
     let deadline = setup_start + args.setup_timeout;
-    let (pubs, brs) = setup_with_status(setup, &live, args, deadline, &mut interrupted, progress).await?;
+    let (pubs, brs, stalled) = setup_with_status(setup, &live, args, deadline, &mut interrupted, progress).await?;
     let setup_s = setup_start.elapsed().as_secs_f64();
     let welcome = live.welcome();
     let update_interval =
@@ -328,6 +330,7 @@ async fn measure(args: &RunArgs, target: &Target, progress: &Progress) -> anyhow
     progress.line("stopping clients");
     progress.done();
     let ending = pubs.finish(TEARDOWN_TIMEOUT).await;
+    stalled.close().await;
     let (tally, browsers_hung) = brs.finish(TEARDOWN_TIMEOUT).await;
 
     let secs = wall.as_secs_f64();
@@ -347,6 +350,7 @@ async fn measure(args: &RunArgs, target: &Target, progress: &Progress) -> anyhow
         config: RunConfig {
             publishers: args.publishers,
             browsers: args.browsers,
+            stalled_browsers: args.stalled_browsers,
             rate_hz: args.rate,
             size_bytes: args.size,
             duration_s: args.duration.as_secs_f64(),

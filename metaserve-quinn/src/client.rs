@@ -1,6 +1,6 @@
 //! The game server's and the game client's driver loops.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -101,7 +101,6 @@ where
     let mut source_done = false;
     let mut timer = Timer::new(&*runtime);
     let mut out = Outbox::default();
-    let mut buf = vec![0u8; 4096];
     poll_fn(|cx| {
         for _ in 0..BUDGET {
             let now = runtime.now();
@@ -120,10 +119,10 @@ where
                     Poll::Pending => {}
                 }
             }
-            match recv.poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(ClientError::StreamEnded)),
-                Poll::Ready(Ok(n)) => {
-                    publisher.handle_input(now, buf.get(..n).unwrap_or_default())?;
+            match pin!(recv.read_chunk(usize::MAX, true)).poll(cx) {
+                Poll::Ready(Ok(None)) => return Poll::Ready(Err(ClientError::StreamEnded)),
+                Poll::Ready(Ok(Some(chunk))) => {
+                    publisher.handle_input(now, &chunk.bytes)?;
                     while let Some(event) = publisher.poll_event() {
                         match event {
                             PublisherEvent::Accepted(welcome) => match welcome.publisher {
@@ -182,7 +181,6 @@ pub struct Browse {
     browser: Browser,
     send: SendStream,
     recv: RecvStream,
-    buf: Box<[u8]>,
     ended: bool,
 }
 
@@ -199,7 +197,7 @@ pub async fn browse_with(connection: &Connection, mut browser: Browser) -> Resul
     let mut hello = Vec::new();
     browser.poll_transmit(Instant::now(), &mut hello);
     send.write_all(&hello).await?;
-    let mut browse = Browse { browser, send, recv, buf: vec![0; 16 * 1024].into_boxed_slice(), ended: false };
+    let mut browse = Browse { browser, send, recv, ended: false };
     poll_fn(|cx| browse.poll_welcome(cx)).await?;
     Ok(browse)
 }
@@ -216,11 +214,10 @@ impl Browse {
     }
 
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        let n = std::task::ready!(self.recv.poll_read(cx, &mut self.buf))?;
-        if n == 0 {
-            return Poll::Ready(Err(ClientError::StreamEnded));
-        }
-        self.browser.handle_input(Instant::now(), self.buf.get(..n).unwrap_or_default())?;
+        // Chunks as quinn received them: no read buffer, no copy.
+        let chunk = std::task::ready!(pin!(self.recv.read_chunk(usize::MAX, true)).poll(cx))?;
+        let chunk = chunk.ok_or(ClientError::StreamEnded)?;
+        self.browser.handle_input(Instant::now(), &chunk.bytes)?;
         Poll::Ready(Ok(()))
     }
 

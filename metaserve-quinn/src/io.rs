@@ -2,34 +2,97 @@
 //! state machine only when the stream can take it, and runtime timers.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::{AsyncTimer, Runtime, SendStream, WriteError};
 
 /// Passes of a driver loop before it yields to the runtime, so one busy
 /// connection cannot starve the others on the same thread.
 pub(crate) const BUDGET: usize = 32;
 
+/// Output this large or larger is handed to quinn by ownership; smaller
+/// output is copied, so that a few bytes never keep a chunk-sized allocation
+/// alive in quinn's send buffer until the peer acknowledges them.
+const HAND_OFF_MIN: usize = 4096;
+
+/// Room reserved beyond one `transmit_chunk` for the frame that crosses it.
+const CHUNK_SLACK: usize = 1024;
+
 /// Bytes pulled from a state machine and not yet accepted by the stream.
+///
+/// Bulk output (a browser's snapshot or delta) goes to quinn without a copy:
+/// the buffer `poll_transmit` filled becomes the [`Bytes`] quinn queues, and
+/// a fresh one takes its place. quinn keeps a buffer's whole capacity until
+/// the peer acknowledges it, so a buffer is handed off only when it is at
+/// least 7/8 full; a looser one is copied into an exact-size allocation. A
+/// connection that has nothing to send holds no buffer beyond a few bytes.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    buf: Vec<u8>,
-    written: usize,
+    scratch: Vec<u8>,
+    pending: Bytes,
+    /// Capacity reserved for a refill after a hand-off: one chunk, plus
+    /// room for a small frame that runs past it.
+    capacity: usize,
+    /// The last refill was handed off: the next one is probably bulk too.
+    bulk: bool,
 }
 
 impl Outbox {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.written == self.buf.len()
+    /// An outbox for a state machine whose `poll_transmit` stops adding
+    /// frames once it has written `transmit_chunk` bytes.
+    pub(crate) fn new(transmit_chunk: usize) -> Self {
+        Outbox { capacity: transmit_chunk + CHUNK_SLACK, ..Outbox::default() }
     }
 
-    /// Writes pending bytes, refilling from `fill` (a `poll_transmit`) only
-    /// once everything before has been accepted. Ready(Ok) once `fill` has
-    /// nothing more; Pending while the stream is full.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Takes the next output from `fill` (a `poll_transmit`) unless some is
+    /// still pending. Returns whether output is pending afterwards.
+    pub(crate) fn refill(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        if !self.pending.is_empty() {
+            return true;
+        }
+        self.scratch.clear();
+        if self.bulk {
+            self.scratch.reserve(self.capacity);
+        }
+        if !fill(&mut self.scratch) || self.scratch.is_empty() {
+            return false;
+        }
+        let len = self.scratch.len();
+        self.bulk = len >= HAND_OFF_MIN;
+        self.pending = if self.bulk && self.scratch.capacity() - len <= self.scratch.capacity() / 8 {
+            Bytes::from(std::mem::take(&mut self.scratch))
+        } else {
+            let small = Bytes::copy_from_slice(&self.scratch);
+            if self.scratch.capacity() > HAND_OFF_MIN {
+                self.scratch = Vec::new();
+            }
+            small
+        };
+        true
+    }
+
+    /// Writes what is pending. Ready(Ok) once the stream has taken all of
+    /// it; Pending while the stream is full (its writability wakes the task).
     ///
-    /// `SendStream::poll_write` accepts what fits and keeps nothing of ours
-    /// when it returns Pending, so no output is ever lost or duplicated.
+    /// `write_chunks` is cancel-safe and takes what fits, leaving the rest in
+    /// `pending`, so no output is ever lost or duplicated.
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, send: &mut SendStream) -> Poll<Result<(), WriteError>> {
+        while !self.pending.is_empty() {
+            ready!(pin!(send.write_chunks(std::slice::from_mut(&mut self.pending))).poll(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes pending bytes, refilling from `fill` once everything before
+    /// has been accepted. Ready(Ok) once `fill` has nothing more; Pending
+    /// while the stream is full.
     pub(crate) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
@@ -37,16 +100,10 @@ impl Outbox {
         mut fill: impl FnMut(&mut Vec<u8>) -> bool,
     ) -> Poll<Result<(), WriteError>> {
         loop {
-            if self.is_empty() {
-                self.buf.clear();
-                self.written = 0;
-                if !fill(&mut self.buf) {
-                    return Poll::Ready(Ok(()));
-                }
+            ready!(self.poll_write(cx, send))?;
+            if !self.refill(&mut fill) {
+                return Poll::Ready(Ok(()));
             }
-            let pending = self.buf.get(self.written..).unwrap_or_default();
-            let n = ready!(Pin::new(&mut *send).poll_write(cx, pending))?;
-            self.written += n;
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use metaserve_proto::{
     Ban, CodeCounts, ConnectionHandle, Counters, EntryInfo, Error, ErrorCode, Event, NamespaceInfo, Registry,
     RegistryConfig, Server, Stats,
@@ -388,55 +389,66 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
     let mut extra_bi = pin!(connection.accept_bi());
     let mut extra_uni = pin!(connection.accept_uni());
     let mut timer = Timer::new(runtime);
-    let mut out = Outbox::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Outbox::new(shared.lock().registry.config().transmit_chunk);
+    // Stream data is taken from quinn as it arrived, without a copy, and
+    // with no read buffer per connection.
+    let mut chunks: [Bytes; 4] = Default::default();
     poll_fn(|cx| {
         for _ in 0..BUDGET {
-            let mut progressed = false;
             if let Poll::Ready(result) = extra_bi.as_mut().poll(cx) {
                 return Poll::Ready(result.map_or_else(End::Connection, |_| End::ExtraStream));
             }
             if let Poll::Ready(result) = extra_uni.as_mut().poll(cx) {
                 return Poll::Ready(result.map_or_else(End::Connection, |_| End::ExtraStream));
             }
-            match recv.poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(0)) => {
-                    // The registry decides: a graceful end, or a stream cut
-                    // inside a frame; its Closed event closes the connection.
-                    let mut state = shared.lock();
-                    let _ = state.registry.handle_finish(handle);
-                    state.drain_events();
-                    return Poll::Ready(End::Finished);
+            let read = pin!(recv.read_chunks(&mut chunks)).poll(cx);
+            let now = runtime.now();
+            let mut progressed = false;
+            // One lock per pass: input, the next output chunk, the next deadline.
+            let (has_output, next) = {
+                let mut state = shared.lock();
+                match read {
+                    Poll::Ready(Ok(None)) => {
+                        // The registry decides: a graceful end, or a stream cut
+                        // inside a frame; its Closed event closes the connection.
+                        let _ = state.registry.handle_finish(handle);
+                        state.drain_events();
+                        return Poll::Ready(End::Finished);
+                    }
+                    Poll::Ready(Ok(Some(n))) => {
+                        for chunk in chunks.iter_mut().take(n) {
+                            shared.bytes_received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            // An error has closed the session in the registry and
+                            // queued the Closed event that closes the connection.
+                            let _ = state.registry.handle_input(handle, now, chunk);
+                            *chunk = Bytes::new();
+                        }
+                        state.drain_events();
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Ok(n)) => {
-                    shared.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                    let mut state = shared.lock();
-                    // An error has closed the session in the registry and
-                    // queued the Closed event that closes the connection.
-                    let _ = state.registry.handle_input(handle, runtime.now(), buf.get(..n).unwrap_or_default());
-                    state.drain_events();
-                    progressed = true;
-                }
-                Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
+                let has_output = out.refill(|b| {
+                    let more = state.registry.poll_transmit(handle, now, b);
+                    shared.bytes_sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    more
+                });
+                // A browser's update deadline only leads to more output: while
+                // output waits for the stream (whose writability wakes this
+                // task), a passed deadline is no progress. Counting it made a
+                // browser that stops reading spin this loop at full CPU.
+                let next = if has_output { None } else { state.registry.poll_connection_timeout(handle) };
+                (has_output, next)
+            };
+            match out.poll_write(cx, &mut send) {
+                // Taken whole: the registry may have more.
+                Poll::Ready(Ok(())) => progressed |= has_output,
+                Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
                 Poll::Pending => {}
             }
-            let flushed = out.poll_flush(cx, &mut send, |b| {
-                let before = b.len();
-                let more = shared.lock().registry.poll_transmit(handle, runtime.now(), b);
-                shared.bytes_sent.fetch_add((b.len() - before) as u64, Ordering::Relaxed);
-                more
-            });
-            match flushed {
-                Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
-                Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-            }
-            // A browser's update deadline only leads to more output: while
-            // output waits for the stream (whose writability wakes this
-            // task), a passed deadline is no progress. Counting it made a
-            // browser that stops reading spin this loop at full CPU.
-            let next = if out.is_empty() { shared.lock().registry.poll_connection_timeout(handle) } else { None };
             if timer.poll_at(cx, next).is_ready() {
                 progressed = true;
             }
