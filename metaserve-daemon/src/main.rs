@@ -44,10 +44,11 @@ fn main() -> ExitCode {
         .init();
     let run = || -> anyhow::Result<()> {
         let settings = Settings::load(cli)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = settings.threads {
+            builder.worker_threads(threads.get());
+        }
+        let runtime = builder.enable_all().build().context("cannot start the async runtime")?;
         runtime.block_on(serve(settings))
     };
     match run() {

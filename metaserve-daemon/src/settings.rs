@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -20,6 +21,7 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     http: Option<SocketAddr>,
+    threads: Option<NonZeroUsize>,
     limits: LimitFlags,
     namespaces: BTreeMap<String, NamespaceConfig>,
     bans: Vec<BanConfig>,
@@ -120,11 +122,18 @@ struct StartOnly {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     http: Option<SocketAddr>,
+    threads: Option<NonZeroUsize>,
 }
 
 impl StartOnly {
     fn of(file: &FileConfig) -> StartOnly {
-        StartOnly { listen: file.listen, cert: file.cert.clone(), key: file.key.clone(), http: file.http }
+        StartOnly {
+            listen: file.listen,
+            cert: file.cert.clone(),
+            key: file.key.clone(),
+            http: file.http,
+            threads: file.threads,
+        }
     }
 }
 
@@ -133,6 +142,8 @@ pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
     pub(crate) identity: Identity,
     pub(crate) http: Option<SocketAddr>,
+    /// Worker threads of the runtime; None: one per CPU.
+    pub(crate) threads: Option<NonZeroUsize>,
     pub(crate) live: Live,
     /// The config file, re-read on SIGHUP.
     pub(crate) config_path: Option<PathBuf>,
@@ -197,8 +208,9 @@ impl Settings {
         let default_listen = DEFAULT_LISTEN.parse().context("default listen address")?;
         let listen = cli.listen.or(file.listen).unwrap_or(default_listen);
         let http = cli.http.or(file.http);
+        let threads = cli.threads.or(file.threads);
         let live = live(&cli.limits, file)?;
-        Ok(Settings { listen, identity, http, live, config_path: cli.config, flags: cli.limits, start_only })
+        Ok(Settings { listen, identity, http, threads, live, config_path: cli.config, flags: cli.limits, start_only })
     }
 
     /// Re-reads the config file (what SIGHUP does): the new tokens, bans and
@@ -216,6 +228,7 @@ impl Settings {
             ("cert", now.cert != old.cert),
             ("key", now.key != old.key),
             ("http", now.http != old.http),
+            ("threads", now.threads != old.threads),
         ] {
             if changed {
                 ignored.push(key);
@@ -347,6 +360,20 @@ mod tests {
             let err = format!("{:#}", load(&["--dev", "--config", path.to_str().unwrap()]).unwrap_err());
             assert!(err.contains(wanted) && err.contains("line"), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn threads_come_from_the_flag_then_the_file() {
+        assert_eq!(load(&["--dev"]).unwrap().threads, None, "default: tokio's, one per CPU");
+        let path = write("threads", "threads = 3\n");
+        let from_file = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(from_file.threads.map(NonZeroUsize::get), Some(3));
+        let flag_wins = load(&["--dev", "--config", path.to_str().unwrap(), "--threads", "1"]).unwrap();
+        assert_eq!(flag_wins.threads.map(NonZeroUsize::get), Some(1));
+        assert!(load(&["--dev", "--threads", "0"]).is_err(), "zero threads is refused");
+        std::fs::write(&path, "threads = 2\n").unwrap();
+        let (_, ignored) = from_file.reload().unwrap();
+        assert_eq!(ignored, ["threads"], "the thread count needs a restart");
     }
 
     #[test]

@@ -151,3 +151,65 @@ pub(crate) async fn race<A: Future, B: Future>(a: A, b: B) -> Result<A::Output, 
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill_with(n: usize) -> impl FnOnce(&mut Vec<u8>) -> bool {
+        move |b: &mut Vec<u8>| {
+            b.extend(std::iter::repeat_n(7u8, n));
+            n > 0
+        }
+    }
+
+    #[test]
+    fn small_output_is_copied_and_the_scratch_stays_small() {
+        let mut out = Outbox::new(16 * 1024);
+        assert!(!out.refill(fill_with(0)));
+        assert!(out.is_empty());
+        assert!(out.refill(fill_with(100)));
+        assert_eq!(out.pending.len(), 100);
+        assert_ne!(out.pending.as_ptr(), out.scratch.as_ptr());
+        assert!(out.scratch.capacity() < HAND_OFF_MIN);
+        // Pending output blocks a refill.
+        assert!(out.refill(|_| unreachable!("refilled while output was pending")));
+    }
+
+    #[test]
+    fn a_full_chunk_is_handed_off_without_a_copy() {
+        let mut out = Outbox::new(16 * 1024);
+        // The first bulk fill grows the scratch as it goes; later ones reserve.
+        let fill_chunk = |out: &mut Outbox| {
+            let mut filled_at = std::ptr::null();
+            assert!(out.refill(|b| {
+                b.reserve(16 * 1024 + 300);
+                b.extend(std::iter::repeat_n(1u8, 16 * 1024 + 300));
+                filled_at = b.as_ptr();
+                true
+            }));
+            filled_at
+        };
+        let filled_at = fill_chunk(&mut out);
+        assert_eq!(out.pending.as_ptr(), filled_at, "the filled buffer itself is queued");
+        assert_eq!(out.scratch.capacity(), 0);
+        out.pending = Bytes::new(); // the stream took it
+        let _ = fill_chunk(&mut out);
+        assert_eq!(out.pending.len(), 16 * 1024 + 300);
+    }
+
+    #[test]
+    fn a_loose_buffer_is_copied_to_an_exact_size() {
+        let mut out = Outbox::new(16 * 1024);
+        let mut filled_at = std::ptr::null();
+        assert!(out.refill(|b| {
+            b.reserve(64 * 1024);
+            b.extend(std::iter::repeat_n(1u8, 5000));
+            filled_at = b.as_ptr();
+            true
+        }));
+        assert_ne!(out.pending.as_ptr(), filled_at, "5,000 bytes in 64 KiB are copied, not pinned");
+        assert_eq!(out.pending.len(), 5000);
+        assert_eq!(out.scratch.capacity(), 0, "the loose buffer is freed");
+    }
+}
