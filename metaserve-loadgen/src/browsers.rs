@@ -174,8 +174,9 @@ async fn run(connection: Connection, plan: Plan, live: Arc<Live>, mut stop: watc
                 let received = blob::now_ns();
                 let Some(stamp) = blob::decode(&server.blob) else { continue };
                 let previous = last_seq.get_mut(stamp.publisher as usize).and_then(|slot| slot.replace(stamp.seq));
-                // Snapshot contents are not deliveries of a heartbeat.
-                if snapshot_done && live.measuring() {
+                // Snapshot contents are not deliveries of a heartbeat; a
+                // delivery belongs to the window its heartbeat was sent in.
+                if snapshot_done && live.in_window(stamp.sent_ns) {
                     let latency = received.saturating_sub(stamp.sent_ns);
                     record_ns(&mut tally.latency, latency);
                     tally.upserts += 1;

@@ -157,8 +157,9 @@ fn heartbeats(
             if stopped {
                 return None;
             }
-            let blob = blob::encode(Stamp { sent_ns: blob::now_ns(), publisher: index, seq }, size);
-            if live.measuring() {
+            let sent_ns = blob::now_ns();
+            let blob = blob::encode(Stamp { sent_ns, publisher: index, seq }, size);
+            if live.in_window(sent_ns) {
                 live.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
             Some((blob, (interval, stop, seq.wrapping_add(1))))

@@ -154,7 +154,8 @@ pub(crate) struct RunReport {
     pub(crate) window_s: f64,
     /// Heartbeats handed to `publish` in the window.
     pub(crate) heartbeats: Amount,
-    /// Upserts received by all browsers in the window.
+    /// Upserts received by all browsers of heartbeats sent in the window
+    /// (counted on arrival, also just after the window closes).
     pub(crate) delivered: Amount,
     /// What the browsers would receive with no loss: heartbeats × browsers,
     /// less what the update interval coalesces by design (one update per

@@ -22,6 +22,10 @@ use crate::{baseline, browsers, publishers};
 /// How long publishers and browsers get to end their sessions.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After the window, beyond two update intervals, for the deliveries of the
+/// heartbeats sent at its end.
+const GRACE_MARGIN: Duration = Duration::from_millis(500);
+
 /// A duration as the daemon's flags take it.
 fn flag_duration(d: Duration) -> String {
     format!("{}us", d.as_micros().max(1))
@@ -256,7 +260,7 @@ async fn measure(args: &RunArgs, target: &Target, progress: &Progress) -> anyhow
     let load_start = procfs::loadavg();
     let (fanout0, ingress0) = (brs.udp_rx_bytes(), pubs.udp_tx_bytes());
     let t0 = Instant::now();
-    live.set_measuring(true);
+    live.set_measuring(true, crate::blob::now_ns());
     let mut rss_max = daemon0.map_or(0, |s| s.rss_kib);
     let mut self_rss_max = self0.rss_kib;
     let mut last = (0u64, 0u64, 0u64, daemon0, self0, t0);
@@ -315,13 +319,25 @@ async fn measure(args: &RunArgs, target: &Target, progress: &Progress) -> anyhow
             }
         }
     }
-    live.set_measuring(false);
+    live.set_measuring(false, crate::blob::now_ns());
     let wall = t0.elapsed();
     let daemon1 = daemon_proc.and_then(|p| procfs::sample(p).ok());
     let self1 = procfs::sample(Proc::Myself)?;
     let (fanout1, ingress1) = (brs.udp_rx_bytes(), pubs.udp_tx_bytes());
     let load_end = procfs::loadavg();
     progress.done();
+
+    // Heartbeats sent in the window's last interval are still on their way:
+    // they count when they arrive (deliveries count by send time).
+    if !cut_short {
+        let grace = update_interval * 2 + GRACE_MARGIN;
+        progress.line(&format!(
+            "collecting the deliveries of the window's last heartbeats ({})",
+            humantime::format_duration(grace)
+        ));
+        progress.done();
+        tokio::time::sleep(grace).await;
+    }
 
     // Teardown: publishers say Goodbye, browsers close.
     let publisher_endpoints = pubs.endpoint_count();

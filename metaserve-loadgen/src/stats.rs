@@ -63,6 +63,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Live {
     measuring: AtomicBool,
+    /// The window, in [`crate::blob::now_ns`] time; u64::MAX until set.
+    window_start_ns: AtomicU64,
+    window_end_ns: AtomicU64,
     /// Heartbeats handed to `publish` in the window.
     pub(crate) heartbeats: AtomicU64,
     /// Upserts received by browsers in the window (flushed at each Synced).
@@ -87,6 +90,8 @@ impl Default for Live {
     fn default() -> Self {
         Live {
             measuring: AtomicBool::new(false),
+            window_start_ns: AtomicU64::new(u64::MAX),
+            window_end_ns: AtomicU64::new(u64::MAX),
             heartbeats: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
@@ -108,8 +113,23 @@ impl Live {
         self.measuring.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_measuring(&self, on: bool) {
+    /// Opens (`on`) or closes the window, at `now_ns` ([`crate::blob::now_ns`]).
+    pub(crate) fn set_measuring(&self, on: bool, now_ns: u64) {
+        if on {
+            self.window_start_ns.store(now_ns, Ordering::SeqCst);
+        } else {
+            self.window_end_ns.store(now_ns, Ordering::SeqCst);
+        }
         self.measuring.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether a heartbeat sent at `sent_ns` belongs to the window. A
+    /// delivery counts by when its heartbeat was sent, not when it arrived,
+    /// so that beats still in flight when the window closes are counted on
+    /// arrival and beats sent before it opened are not: the window's edges
+    /// then cancel exactly, whatever the phase of the browsers' batches.
+    pub(crate) fn in_window(&self, sent_ns: u64) -> bool {
+        sent_ns >= self.window_start_ns.load(Ordering::Relaxed) && sent_ns < self.window_end_ns.load(Ordering::Relaxed)
     }
 
     /// Adds a browser's batch of latencies (called at each Synced).
