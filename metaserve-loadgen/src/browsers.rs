@@ -275,8 +275,13 @@ impl Batch {
         live.delivered.fetch_add(self.upserts, Ordering::Relaxed);
         live.delivered_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         live.add_latencies(&self.latency);
-        record_ns(&mut tally.batch_floor, self.floor_ns);
-        record_ns(&mut tally.batch_span, self.last_received_ns.saturating_sub(self.first_received_ns));
+        // A batch that ends after the window closed holds only the window's
+        // oldest beats (the fresher ones were sent after it): its floor and
+        // span would describe the window's edge, not the daemon.
+        if live.measuring() {
+            record_ns(&mut tally.batch_floor, self.floor_ns);
+            record_ns(&mut tally.batch_span, self.last_received_ns.saturating_sub(self.first_received_ns));
+        }
         self.latency.reset();
         self.upserts = 0;
         self.bytes = 0;
