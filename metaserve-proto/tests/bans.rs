@@ -166,6 +166,39 @@ fn set_config_applies_to_new_sessions_and_keeps_promises_to_open_ones() {
     world.check();
 }
 
+#[test]
+fn a_raised_blob_limit_is_promised_only_to_connections_that_can_take_it() {
+    // 1,000-byte blobs; the namespace and token limits keep the frame limit there too.
+    let config = RegistryConfig { max_blob_size: 1_000, max_token_len: 16, ..RegistryConfig::default() };
+    let mut world = World::new(config.clone());
+    // Accepted (and its decoder sized) before the limit is raised; Hello after.
+    let early = world.accept(addr("192.0.2.1:1"));
+    world.registry.set_config(RegistryConfig { max_blob_size: 5_000, ..config });
+    world.send_raw(early, &encode(&hello_frame(Role::Publisher))).unwrap();
+    let mut out = Vec::new();
+    while world.registry.poll_transmit(early, world.now, &mut out) {}
+    let promised = match decode_all(&out).first() {
+        Some(Wire::Welcome(w)) => w.max_blob_size,
+        other => panic!("expected a Welcome, got {other:?}"),
+    };
+    // The Welcome promises what this connection's decoder takes, no more...
+    assert!((1_000..5_000).contains(&promised), "promised {promised}");
+    // ...and keeps that promise: a blob of exactly the promised size is applied.
+    blob_raw(&mut world, early, &vec![b'x'; promised as usize]).unwrap();
+    assert_eq!(world.registry.servers(NS).count(), 1);
+
+    // A connection accepted after the change is promised, and gets, the new limit.
+    let late = world.publisher("192.0.2.2:1", "late");
+    assert_eq!(late.publisher.welcome().unwrap().max_blob_size, 5_000);
+    heartbeat(&mut world, &late, &[b'y'; 5_000]).unwrap();
+    assert_eq!(world.registry.servers(NS).count(), 2);
+    world.check();
+}
+
+fn blob_raw(world: &mut World, conn: metaserve_proto::ConnectionHandle, blob: &[u8]) -> Result<(), Error> {
+    world.send_raw(conn, &encode(&Frame::Heartbeat { blob }))
+}
+
 fn hello_frame(role: Role) -> Frame<'static> {
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,

@@ -194,6 +194,9 @@ struct Session {
     generation: u32,
     peer: SocketAddr,
     decoder: FrameDecoder,
+    /// The largest blob `decoder` takes, fixed at accept: a Welcome never
+    /// promises more, even if `set_config` raised the limit since.
+    max_blob_decodable: usize,
     state: State,
 }
 
@@ -350,7 +353,9 @@ impl Registry {
     /// - **Existing publishers keep the max blob size and entry TTL their
     ///   Welcome promised** (a publisher paces its refreshes by that TTL); the
     ///   heartbeat interval is advice given in the Welcome, so it too changes
-    ///   for new sessions only.
+    ///   for new sessions only. A connection's frame size is fixed when it is
+    ///   accepted, so one accepted before a raised max blob size and saying
+    ///   Hello after it is promised only the blob size its frames can carry.
     /// - **Existing browsers** follow a new update interval from their next
     ///   batch on.
     /// - **Limits on counts** (per IP, in total, namespaces, handshakes) are
@@ -434,10 +439,13 @@ impl Registry {
             return Err(Error::ServerFull { what: "connections", max: u32::MAX as usize });
         };
         let idx = entry.key();
+        let max_frame = self.config.max_frame_size();
         entry.insert(Session {
             generation,
             peer,
-            decoder: FrameDecoder::new(self.config.max_frame_size()),
+            decoder: FrameDecoder::new(max_frame),
+            // A Heartbeat's payload is the blob and its varint length.
+            max_blob_decodable: max_frame.saturating_sub(varint::len(varint::MAX)),
             state: State::Handshaking,
         });
         if let Some(at) = deadline(now, self.config.handshake_timeout) {
@@ -523,7 +531,9 @@ impl Registry {
 
     fn on_hello(&mut self, idx: usize, now: Instant, hello: Hello<'_>) -> Result<(), Error> {
         validate_namespace(hello.namespace, self.config.max_namespace_len)?;
-        let Some(peer) = self.sessions.get(idx).map(|s| s.peer) else { return Ok(()) };
+        let Some((peer, max_blob_decodable)) = self.sessions.get(idx).map(|s| (s.peer, s.max_blob_decodable)) else {
+            return Ok(());
+        };
         let per_ip = self.per_ip.get(&peer.ip());
         match hello.role {
             Role::Publisher => {
@@ -583,7 +593,7 @@ impl Registry {
                     port_declared: hello.declared_port.is_some(),
                     last_seen: now,
                     welcome_pending: true,
-                    max_blob_size: self.config.max_blob_size,
+                    max_blob_size: self.config.max_blob_size.min(max_blob_decodable),
                     entry_ttl: self.config.entry_ttl,
                 });
                 (state, key, false, replaced)
