@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
+use metaserve_daemon::announce;
 use metaserve_tokio::{tls, Ban, MetaServer, MetaServerHandle, RegistryConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -102,13 +103,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "listening"
     );
     let mut out = std::io::stdout().lock();
-    writeln!(out, "metaserve listening on {addr}")?;
+    writeln!(out, "{}{addr}", announce::LISTENING)?;
     let reloads = Arc::new(Reloads::default());
     let mut http_task = None;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(listener) = http_listener {
         let http_addr = listener.local_addr().context("reading the bound HTTP address")?;
-        writeln!(out, "metaserve http on {http_addr}")?;
+        writeln!(out, "{}{http_addr}", announce::HTTP)?;
         tracing::info!(%http_addr, "HTTP API, metrics and status page at http://{http_addr}/");
         let state = http::Http::new(handle.clone(), clock, reloads.clone());
         http_task = Some(tokio::spawn(http::serve(listener, state, async move {
@@ -233,7 +234,7 @@ fn print_dev_instructions(
     // Clients on this machine reach a wildcard listener through loopback.
     let target = if addr.ip().is_unspecified() { SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())) } else { addr };
     writeln!(out, "development certificate written to {}", cert.display())?;
-    writeln!(out, "SHA-256 fingerprint: {fingerprint}")?;
+    writeln!(out, "{}{fingerprint}", announce::FINGERPRINT)?;
     writeln!(out, "connect the examples with:")?;
     for example in ["publisher", "browser"] {
         writeln!(

@@ -6,6 +6,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use metaserve_daemon::announce::Announcement;
 use metaserve_tokio::tls::Fingerprint;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -90,15 +91,10 @@ impl ManagedDaemon {
         let stdout = child.stdout.take().context("the daemon's stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let announced = tokio::time::timeout(START_TIMEOUT, async {
-            let (mut addr, mut fingerprint) = (None, None);
+            let mut announcement = Announcement::default();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("metaserve listening on ") {
-                    addr = rest.trim().parse::<SocketAddr>().ok();
-                } else if let Some(rest) = line.strip_prefix("SHA-256 fingerprint: ") {
-                    fingerprint = rest.trim().parse::<Fingerprint>().ok();
-                }
-                if let (Some(addr), Some(fingerprint)) = (addr, fingerprint) {
-                    return Some((addr, fingerprint));
+                if let Some(done) = announcement.read_line(&line) {
+                    return Some(done);
                 }
             }
             None

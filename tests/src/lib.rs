@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use metaserve_daemon::announce::Announcement;
 use metaserve_proto::frame::{Frame, FrameType, Hello, Role, PROTOCOL_VERSION};
 use metaserve_proto::{DecodeError, FrameDecoder};
 use metaserve_tokio::tls::Fingerprint;
@@ -123,20 +124,11 @@ impl Daemon {
         let mut child = command.spawn().expect("cannot start metaserve-daemon");
         let pid = child.id().expect("the daemon has a pid");
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut http = None;
+        let mut announcement = Announcement::default();
         let announced = tokio::time::timeout(WAIT, async {
-            let (mut addr, mut fingerprint) = (None, None);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("metaserve listening on ") {
-                    addr = rest.trim().parse::<SocketAddr>().ok();
-                } else if let Some(rest) = line.strip_prefix("metaserve http on ") {
-                    // Printed before the fingerprint, when --http is given.
-                    http = rest.trim().parse::<SocketAddr>().ok();
-                } else if let Some(rest) = line.strip_prefix("SHA-256 fingerprint: ") {
-                    fingerprint = rest.trim().parse::<Fingerprint>().ok();
-                }
-                if let (Some(addr), Some(fingerprint)) = (addr, fingerprint) {
-                    return Some((addr, fingerprint));
+                if let Some(done) = announcement.read_line(&line) {
+                    return Some(done);
                 }
             }
             None
@@ -155,7 +147,7 @@ impl Daemon {
         // writing to) a full or closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let client_config = metaserve_tokio::tls::client_config_pinned(fingerprint).expect("client config");
-        Daemon { child, pid, addr, fingerprint, client_config, log, dir, status: None, http }
+        Daemon { child, pid, addr, fingerprint, client_config, log, dir, status: None, http: announcement.http }
     }
 
     /// The address the daemon listens on.
