@@ -95,6 +95,9 @@ impl Knobs {
             max_publishers: 1 + usize::from(self.publishers % 8),
             max_browsers: 1 + usize::from(self.browsers % 8),
             max_handshakes: 1 + usize::from(self.handshakes % 8),
+            // The knob's higher bits, so that the seed corpus keeps its layout.
+            max_handshakes_per_ip: 1 + usize::from(self.handshakes / 8 % 8),
+            max_handshakes_per_network: 1 + usize::from(self.handshakes / 64),
             max_namespaces: 1 + usize::from(self.namespaces % 3),
             // Usually roomy enough for the valid names; sometimes not even for "q3".
             max_namespace_len: if self.namespace_len < 64 { 1 + usize::from(self.namespace_len % 12) } else { 64 },
@@ -273,6 +276,11 @@ impl Conn {
     fn live(&self) -> bool {
         self.closed.is_none()
     }
+
+    /// Open and still before its Hello, as the registry counts it.
+    fn slot_pending(&self) -> bool {
+        self.live() && self.session.is_none()
+    }
 }
 
 struct World {
@@ -370,6 +378,23 @@ impl World {
             Err(Error::ServerFull { .. }) => {
                 trace(|| "accept refused: server full".into());
                 assert!(handshakes >= self.config.max_handshakes)
+            }
+            Err(Error::HandshakeLimit { from, prefix_len, max }) => {
+                trace(|| format!("accept refused: pending handshakes from {from}/{prefix_len:?}"));
+                let covered = |ip: IpAddr| match (prefix_len, ip, from) {
+                    (None, ip, from) => ip == from,
+                    (Some(_), IpAddr::V4(ip), IpAddr::V4(net)) => u32::from(ip) >> 8 == u32::from(net) >> 8,
+                    (Some(_), IpAddr::V6(ip), IpAddr::V6(net)) => u128::from(ip) >> 80 == u128::from(net) >> 80,
+                    _ => false,
+                };
+                let pending = self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.slot_pending() && covered(c.peer.ip()))
+                    .count();
+                assert!(covered(canonical(peer).ip()), "refused {peer} for another source {from}");
+                assert!(pending >= max, "refused with {pending} pending from {from} (limit {max})");
             }
             Err(e) => panic!("accept failed with {e}"),
         }
@@ -653,7 +678,9 @@ impl World {
         assert!(stats.publishers <= config.max_publishers, "{} publishers", stats.publishers);
         assert!(stats.browsers <= config.max_browsers, "{} browsers", stats.browsers);
         assert!(stats.handshakes <= config.max_handshakes, "{} handshakes", stats.handshakes);
-        assert!(stats.namespaces <= config.max_namespaces, "{} namespaces", stats.namespaces);
+        let published = self.registry.namespaces().filter(|ns| ns.publishers > 0).count();
+        assert!(published <= config.max_namespaces, "{published} namespaces with publishers");
+        assert!(stats.namespaces <= published + stats.browsers, "{} namespaces", stats.namespaces);
         assert!(stats.tombstones <= stats.namespaces * config.max_tombstones, "{} tombstones", stats.tombstones);
         assert!(stats.ghosts <= stats.browsers, "{} ghosts for {} browsers", stats.ghosts, stats.browsers);
         assert!(stats.entries <= stats.publishers, "{} entries for {} publishers", stats.entries, stats.publishers);

@@ -41,7 +41,19 @@ pub struct RegistryConfig {
     pub max_browsers: usize,
     /// Connections that have not yet sent Hello (`SERVER_FULL`). Default 10,000.
     pub max_handshakes: usize,
-    /// Namespaces in existence at once (`NAMESPACE_LIMIT`). Default 1,024.
+    /// Connections from one IP address that have not yet sent Hello
+    /// (`IP_LIMIT`), so that one host cannot hold the pending-handshake
+    /// table for everyone. Default 32.
+    pub max_handshakes_per_ip: usize,
+    /// Connections from one network (an IPv4 /24 or an IPv6 /48) that have
+    /// not yet sent Hello (`IP_LIMIT`). Default 128.
+    pub max_handshakes_per_network: usize,
+    /// Namespaces with at least one publisher (`NAMESPACE_LIMIT`, refused
+    /// to the publisher that would add one more). A namespace that only
+    /// browsers ask for does not count: browsers cannot fill the table and
+    /// lock games out. Each such namespace costs a browser session, so
+    /// their number is bounded by [`RegistryConfig::max_browsers`].
+    /// Default 1,024.
     pub max_namespaces: usize,
     /// Longest namespace name in bytes (`INVALID_NAMESPACE`). Default 64.
     pub max_namespace_len: usize,
@@ -68,6 +80,8 @@ impl Default for RegistryConfig {
             max_publishers: 100_000,
             max_browsers: 100_000,
             max_handshakes: 10_000,
+            max_handshakes_per_ip: 32,
+            max_handshakes_per_network: 128,
             max_namespaces: 1_024,
             max_namespace_len: 64,
             max_tombstones: 10_000,

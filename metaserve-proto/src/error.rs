@@ -166,6 +166,19 @@ pub enum Error {
         /// The limit in force.
         max: usize,
     },
+    /// Too many connections from one address, or from one network (its
+    /// IPv4 /24 or IPv6 /48), have not sent their Hello yet: one source
+    /// cannot hold the pending-handshake table for everyone.
+    #[error("too many pending handshakes from {} (limit {max})", Scope(*.from, *.prefix_len))]
+    HandshakeLimit {
+        /// The peer's IP address, or its network's address.
+        from: IpAddr,
+        /// `None` for the per-address limit; the network's prefix length
+        /// (24 or 48) for the per-network one.
+        prefix_len: Option<u8>,
+        /// The limit in force.
+        max: usize,
+    },
     /// A server-wide limit is reached.
     #[error("server full: limit of {max} {what} reached")]
     ServerFull {
@@ -223,7 +236,7 @@ impl Error {
             Error::Unauthorized => ErrorCode::UNAUTHORIZED,
             Error::InvalidNamespace(_) => ErrorCode::INVALID_NAMESPACE,
             Error::BlobTooLarge { .. } => ErrorCode::BLOB_TOO_LARGE,
-            Error::IpLimit { .. } => ErrorCode::IP_LIMIT,
+            Error::IpLimit { .. } | Error::HandshakeLimit { .. } => ErrorCode::IP_LIMIT,
             Error::ServerFull { .. } => ErrorCode::SERVER_FULL,
             Error::NamespaceLimit { .. } => ErrorCode::NAMESPACE_LIMIT,
             Error::HeartbeatTimeout => ErrorCode::HEARTBEAT_TIMEOUT,
@@ -231,6 +244,18 @@ impl Error {
             Error::ShuttingDown => ErrorCode::SHUTTING_DOWN,
             Error::Banned { .. } => ErrorCode::BANNED,
             Error::ListTooLarge { .. } => ErrorCode::LIST_TOO_LARGE,
+        }
+    }
+}
+
+/// An address, or a network as `address/prefix`, for messages.
+struct Scope(IpAddr, Option<u8>);
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            None => write!(f, "{}", self.0),
+            Some(len) => write!(f, "{}/{len}", self.0),
         }
     }
 }

@@ -628,15 +628,86 @@ fn namespace_limit() {
     let (conn, result) = connect(&mut world, "192.0.2.2:1", &mut third);
     assert_eq!(result.unwrap_err(), Error::NamespaceLimit { max: 2 });
     assert_rejected(&mut world, conn, &mut third, ErrorCode::NAMESPACE_LIMIT);
-    let mut third = Browser::new(BrowserConfig::new("third"));
-    let (conn, result) = connect(&mut world, "198.51.100.2:1", &mut third);
-    assert_eq!(result.unwrap_err().code(), ErrorCode::NAMESPACE_LIMIT);
-    assert_rejected(&mut world, conn, &mut third, ErrorCode::NAMESPACE_LIMIT);
+    // A browser may wait for a namespace nobody publishes in yet: it takes
+    // no slot, and its (empty) list is complete.
+    let mut waiting = world.browser_with("198.51.100.2:1", BrowserConfig::new("third"));
+    assert_eq!(waiting.browser.servers().count(), 0);
     // Existing namespaces still take newcomers; an emptied one frees its slot.
     world.publisher("192.0.2.3:1", "more");
     world.goodbye(&mut other);
-    assert_eq!(world.registry.stats().namespaces, 1);
-    world.publisher_with("192.0.2.2:1", PublisherConfig::new("third"), "x");
+    let game = world.publisher_with("192.0.2.2:1", PublisherConfig::new("third"), "x");
+    world.advance(secs(1));
+    world.read(&mut waiting);
+    assert!(waiting.browser.server(&game.address()).is_some(), "the waiting browser sees the new game");
+    bystanders.assert_untouched(&mut world);
+}
+
+/// Browsers cannot squat the namespace table: a thousand browsers of
+/// namespaces without publishers leave room for every new game.
+#[test]
+fn browsers_of_empty_namespaces_do_not_lock_games_out() {
+    let config = RegistryConfig { max_namespaces: 4, max_browsers_per_ip: 1_000, ..RegistryConfig::default() };
+    let (mut world, mut bystanders) = with_bystanders(config);
+    let squatters: Vec<_> = (0..1_000)
+        .map(|i| world.browser_with("203.0.113.9:1", BrowserConfig::new(format!("squat-{i}").as_str())))
+        .collect();
+    assert_eq!(world.registry.stats().namespaces, 1_001);
+    for game in ["a", "b", "c"] {
+        world.publisher_with(&format!("192.0.2.{}:1", game.as_bytes()[0]), PublisherConfig::new(game), "x");
+    }
+    // Four namespaces with publishers (the bystanders' and three games): full.
+    let mut fifth = Publisher::new(PublisherConfig::new("squat-7"), world.now);
+    let (conn, result) = connect(&mut world, "192.0.2.50:1", &mut fifth);
+    assert_eq!(result.unwrap_err(), Error::NamespaceLimit { max: 4 });
+    assert_rejected(&mut world, conn, &mut fifth, ErrorCode::NAMESPACE_LIMIT);
+    world.check();
+    drop(squatters);
+    bystanders.assert_untouched(&mut world);
+}
+
+/// One host (or one network) holding connections that never say Hello gets
+/// its share of the pending-handshake table, not all of it.
+#[test]
+fn pending_handshakes_are_shared_per_ip_and_per_network() {
+    let config = RegistryConfig {
+        max_handshakes: 100,
+        max_handshakes_per_ip: 4,
+        max_handshakes_per_network: 10,
+        ..RegistryConfig::default()
+    };
+    let (mut world, mut bystanders) = with_bystanders(config);
+    for _ in 0..4 {
+        world.accept(addr("203.0.113.1:1"));
+    }
+    let refused = world.registry.accept(world.now, addr("203.0.113.1:2")).unwrap_err();
+    assert_eq!(refused, Error::HandshakeLimit { from: "203.0.113.1".parse().unwrap(), prefix_len: None, max: 4 });
+    assert_eq!(refused.code(), ErrorCode::IP_LIMIT);
+    assert_eq!(refused.to_string(), "too many pending handshakes from 203.0.113.1 (limit 4)");
+    // IPv4-mapped IPv6 is the same host.
+    let mapped = world.registry.accept(world.now, addr("[::ffff:203.0.113.1]:3")).unwrap_err();
+    assert_eq!(mapped.code(), ErrorCode::IP_LIMIT);
+    // Other hosts of the network fill its share...
+    for host in 2..=7 {
+        world.accept(addr(&format!("203.0.113.{host}:1")));
+    }
+    let refused = world.registry.accept(world.now, addr("203.0.113.8:1")).unwrap_err();
+    assert_eq!(refused.to_string(), "too many pending handshakes from 203.0.113.0/24 (limit 10)");
+    let v6 = world.registry.accept(world.now, addr("[2001:db8:1:2::1]:1"));
+    assert!(v6.is_ok());
+    for host in 2..=10 {
+        world.accept(addr(&format!("[2001:db8:1:{host}::1]:1")));
+    }
+    let refused = world.registry.accept(world.now, addr("[2001:db8:1:ff::1]:1")).unwrap_err();
+    assert_eq!(refused.to_string(), "too many pending handshakes from 2001:db8:1::/48 (limit 10)");
+    // ...while an honest publisher elsewhere is listed at once.
+    let honest = world.publisher("192.0.2.77:27960", "honest");
+    assert!(world.listing(NS).contains_key(&honest.address()));
+    world.check();
+    world.advance(secs(11));
+    world.check();
+    assert_eq!(world.registry.stats().handshakes, 0, "handshake timeouts release every slot");
+    assert!(world.registry.accept(world.now, addr("203.0.113.1:9")).is_ok());
+    world.check();
     bystanders.assert_untouched(&mut world);
 }
 

@@ -212,6 +212,21 @@ enum TimerKind {
 struct PerIp {
     publishers: usize,
     browsers: usize,
+    /// Connections before their Hello.
+    handshakes: usize,
+}
+
+/// Prefix lengths of the networks that per-network limits count in: an
+/// IPv4 /24 and an IPv6 /48 are what one operator typically holds.
+const NETWORK_PREFIX_V4: u8 = 24;
+const NETWORK_PREFIX_V6: u8 = 48;
+
+/// The network `ip` (canonical) is counted in, and its prefix length.
+fn network_of(ip: IpAddr) -> (IpAddr, u8) {
+    match ip {
+        IpAddr::V4(v4) => (IpAddr::V4((u32::from(v4) & !0xff).into()), NETWORK_PREFIX_V4),
+        IpAddr::V6(v6) => (IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()), NETWORK_PREFIX_V6),
+    }
 }
 
 /// The meta server's state machine: namespaces, their revision logs, and one
@@ -260,6 +275,10 @@ pub struct Registry {
     namespaces: Slab<Namespace>,
     namespace_ids: HashMap<Arc<str>, usize>,
     per_ip: HashMap<IpAddr, PerIp>,
+    /// Connections before their Hello, per network (see [`network_of`]).
+    handshakes_per_network: HashMap<IpAddr, usize>,
+    /// Namespaces with at least one publisher: what `max_namespaces` bounds.
+    published_namespaces: usize,
     tokens: HashMap<Box<str>, Vec<Bytes>>,
     /// (deadline, session index, generation, kind): a handshake timer per
     /// session until it fires, and one TTL timer per publisher, re-armed
@@ -311,6 +330,8 @@ impl Registry {
             namespaces: Slab::new(),
             namespace_ids: HashMap::new(),
             per_ip: HashMap::new(),
+            handshakes_per_network: HashMap::new(),
+            published_namespaces: 0,
             tokens: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
@@ -428,12 +449,21 @@ impl Registry {
         if let Some(ban) = self.bans.lookup(now, peer) {
             return Err(Error::Banned { reason: ban.reason.clone() });
         }
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         if self.stats.handshakes >= self.config.max_handshakes {
             return Err(Error::ServerFull { what: "pending handshakes", max: self.config.max_handshakes });
         }
+        let max = self.config.max_handshakes_per_ip;
+        if self.per_ip.get(&peer.ip()).is_some_and(|c| c.handshakes >= max) {
+            return Err(Error::HandshakeLimit { from: peer.ip(), prefix_len: None, max });
+        }
+        let (network, prefix_len) = network_of(peer.ip());
+        let max = self.config.max_handshakes_per_network;
+        if self.handshakes_per_network.get(&network).is_some_and(|&n| n >= max) {
+            return Err(Error::HandshakeLimit { from: network, prefix_len: Some(prefix_len), max });
+        }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let entry = self.sessions.vacant_entry();
         let Ok(index) = u32::try_from(entry.key()) else {
             return Err(Error::ServerFull { what: "connections", max: u32::MAX as usize });
@@ -452,6 +482,8 @@ impl Registry {
             self.timers.push(Reverse((at, idx, generation, TimerKind::Handshake)));
         }
         self.stats.handshakes += 1;
+        self.per_ip.entry(peer.ip()).or_default().handshakes += 1;
+        *self.handshakes_per_network.entry(network).or_default() += 1;
         Ok(ConnectionHandle { index, generation })
     }
 
@@ -552,6 +584,9 @@ impl Registry {
                     return Err(Error::Banned { reason: ban.reason.clone() });
                 }
                 let ns = self.namespace_ids.get(hello.namespace).and_then(|&i| self.namespaces.get(i));
+                if ns.is_none_or(|ns| ns.publishers == 0) && self.published_namespaces >= self.config.max_namespaces {
+                    return Err(Error::NamespaceLimit { max: self.config.max_namespaces });
+                }
                 let takes_over = ns.is_some_and(|ns| ns.owners.contains_key(&key));
                 let max = self.config.max_publishers_per_ip;
                 if !takes_over && per_ip.is_some_and(|c| c.publishers >= max) {
@@ -571,15 +606,20 @@ impl Registry {
                 }
             }
         }
-        let ns_idx = self.namespace_for(hello.namespace)?;
+        let ns_idx = self.namespace_for(hello.namespace);
         let Some(ns) = self.namespaces.get_mut(ns_idx) else { return Ok(()) };
-        let per_ip = self.per_ip.entry(peer.ip()).or_default();
         self.stats.handshakes -= 1;
+        Self::release_handshake(&mut self.handshakes_per_network, peer.ip());
+        let per_ip = self.per_ip.entry(peer.ip()).or_default();
+        per_ip.handshakes -= 1;
         let (state, address, resumed, replaced) = match hello.role {
             Role::Publisher => {
                 let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
                 let id = self.next_publisher_id;
                 self.next_publisher_id += 1;
+                if ns.publishers == 0 {
+                    self.published_namespaces += 1;
+                }
                 ns.publishers += 1;
                 per_ip.publishers += 1;
                 self.stats.publishers += 1;
@@ -644,12 +684,12 @@ impl Registry {
         Ok(())
     }
 
-    fn namespace_for(&mut self, name: &str) -> Result<usize, Error> {
+    /// The namespace called `name`, created if needed. Its limit,
+    /// `max_namespaces`, was checked with the Hello: it counts namespaces
+    /// with publishers only.
+    fn namespace_for(&mut self, name: &str) -> usize {
         if let Some(&idx) = self.namespace_ids.get(name) {
-            return Ok(idx);
-        }
-        if self.namespaces.len() >= self.config.max_namespaces {
-            return Err(Error::NamespaceLimit { max: self.config.max_namespaces });
+            return idx;
         }
         let name: Arc<str> = name.into();
         let idx = self.namespaces.insert(Namespace {
@@ -662,7 +702,18 @@ impl Registry {
             browsers: 0,
         });
         self.namespace_ids.insert(name, idx);
-        Ok(idx)
+        idx
+    }
+
+    /// Counts one connection of `ip` out of the per-network handshake tally.
+    fn release_handshake(per_network: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+        let (network, _) = network_of(ip);
+        if let Some(n) = per_network.get_mut(&network) {
+            *n -= 1;
+            if *n == 0 {
+                per_network.remove(&network);
+            }
+        }
     }
 
     /// Moves the session to Closing, releases what it held, reports it.
@@ -698,6 +749,13 @@ impl Registry {
             State::Closing { .. } => return,
             State::Handshaking => {
                 self.stats.handshakes -= 1;
+                Self::release_handshake(&mut self.handshakes_per_network, ip);
+                if let Some(c) = self.per_ip.get_mut(&ip) {
+                    c.handshakes -= 1;
+                    if c.publishers == 0 && c.browsers == 0 && c.handshakes == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
                 return;
             }
             State::Publisher(p) => {
@@ -707,6 +765,9 @@ impl Registry {
                 }
                 if let Some(ns) = self.namespaces.get_mut(p.ns) {
                     ns.publishers -= 1;
+                    if ns.publishers == 0 {
+                        self.published_namespaces -= 1;
+                    }
                     if ns.owners.get(&p.key) == Some(&idx) {
                         ns.owners.remove(&p.key);
                         ns.log.remove(&p.key, &mut self.revision, self.config.max_tombstones);
@@ -726,7 +787,7 @@ impl Registry {
                 b.ns
             }
         };
-        if self.per_ip.get(&ip).is_some_and(|c| c.publishers == 0 && c.browsers == 0) {
+        if self.per_ip.get(&ip).is_some_and(|c| c.publishers == 0 && c.browsers == 0 && c.handshakes == 0) {
             self.per_ip.remove(&ip);
         }
         if self.namespaces.get(ns_idx).is_some_and(|ns| ns.publishers == 0 && ns.browsers == 0) {
@@ -979,11 +1040,16 @@ impl Registry {
     /// Meant for tests and fuzz targets; O(size of the registry).
     pub fn check_invariants(&self) -> Result<(), String> {
         let (mut publishers, mut browsers, mut handshakes) = (0, 0, 0);
-        let mut per_ip: HashMap<IpAddr, (usize, usize)> = HashMap::new();
+        let mut per_ip: HashMap<IpAddr, (usize, usize, usize)> = HashMap::new();
+        let mut per_network: HashMap<IpAddr, usize> = HashMap::new();
         let mut per_ns: HashMap<usize, (usize, usize, u64)> = HashMap::new();
         for (idx, session) in &self.sessions {
             match &session.state {
-                State::Handshaking => handshakes += 1,
+                State::Handshaking => {
+                    handshakes += 1;
+                    per_ip.entry(session.peer.ip()).or_default().2 += 1;
+                    *per_network.entry(network_of(session.peer.ip()).0).or_default() += 1;
+                }
                 State::Publisher(p) => {
                     publishers += 1;
                     per_ip.entry(session.peer.ip()).or_default().0 += 1;
@@ -1017,11 +1083,18 @@ impl Registry {
         if per_ip.len() != self.per_ip.len() {
             return Err("per-IP table holds addresses without sessions".into());
         }
-        for (ip, (p, b)) in &per_ip {
+        for (ip, &(p, b, h)) in &per_ip {
             let c = self.per_ip.get(ip).ok_or("per-IP tally missing")?;
-            if (c.publishers, c.browsers) != (*p, *b) {
+            if (c.publishers, c.browsers, c.handshakes) != (p, b, h) {
                 return Err(format!("per-IP tally for {ip} wrong"));
             }
+        }
+        if per_network != self.handshakes_per_network {
+            return Err("per-network handshake tally wrong".into());
+        }
+        let published = self.namespaces.iter().filter(|(_, ns)| ns.publishers > 0).count();
+        if published != self.published_namespaces {
+            return Err(format!("{published} namespaces with publishers, {} recorded", self.published_namespaces));
         }
         if self.namespace_ids.len() != self.namespaces.len() {
             return Err("namespace name table out of step".into());
