@@ -7,7 +7,9 @@
 //! cargo run -p metaserve-async-std --example async-std-browser -- --fingerprint <SHA256> --once
 //! ```
 //!
-//! `--once` prints the first complete snapshot and exits, for scripts.
+//! `--once` prints the first complete snapshot and exits, for scripts. A
+//! lost meta server is reconnected to with backoff, resuming the list, as in
+//! the tokio example (with `--once`, it is an error instead).
 
 mod common;
 #[path = "../../metaserve-tokio/examples/common/table.rs"]
@@ -20,7 +22,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures_util::future::{self, Either};
 use futures_util::StreamExt as _;
-use metaserve_async_std::{browse, BrowseOptions, BrowserEvent};
+use metaserve_async_std::{BrowseOptions, BrowserEvent, ReconnectEvent};
 
 /// Shows the live server list of a namespace, redrawn on every change.
 #[derive(Debug, Parser)]
@@ -38,24 +40,41 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     async_std::task::block_on(async {
         let namespace = cli.meta.namespace.as_str();
-        let (endpoint, connection) = cli.meta.connect().await?;
+        let meta = cli.meta.reconnect().await?;
         let context = || format!("browsing namespace {namespace:?}");
-        let mut list = browse(&connection, BrowseOptions::new(namespace)).await.with_context(context)?;
+        let mut list = meta.browse(BrowseOptions::new(namespace));
 
         // Redraw in place on a screen; a pipe gets one table after another.
         let redraw = !cli.once && std::io::stdout().is_terminal();
         let mut shown = None;
+        let mut sessions = table::Sessions::default();
         let mut interrupted = pin!(common::ctrl_c()?);
         while let Either::Left((Some(event), _)) = future::select(list.next(), interrupted.as_mut()).await {
             // Only a Synced list is a state the registry actually had.
-            let BrowserEvent::Synced { revision, .. } = event.with_context(context)? else { continue };
+            let (revision, snapshot) = match event.with_context(context)? {
+                ReconnectEvent::Browser(BrowserEvent::Synced { revision, snapshot }) => (revision, snapshot),
+                ReconnectEvent::Retrying(retry) if cli.once => return Err(retry.error).with_context(context),
+                ReconnectEvent::Retrying(retry) => {
+                    println!("{}", common::retry_line(&retry));
+                    sessions.lost();
+                    continue;
+                }
+                ReconnectEvent::Connected { .. } => {
+                    sessions.started();
+                    continue;
+                }
+                _ => continue,
+            };
             let mut screen = Vec::new();
             if redraw {
                 screen.extend_from_slice(b"\x1b[2J\x1b[H");
             } else if shown.is_some() {
                 screen.push(b'\n');
             }
-            table::draw_table(&mut screen, namespace, revision, &list, &mut shown)?;
+            table::draw_table(&mut screen, namespace, revision, list.servers(), &mut shown)?;
+            if let Some(note) = sessions.note(revision, snapshot, redraw) {
+                writeln!(screen, "\n{note}")?;
+            }
             std::io::stdout().lock().write_all(&screen)?;
             if cli.once {
                 break;
@@ -63,9 +82,8 @@ fn main() -> anyhow::Result<()> {
         }
 
         // Say Goodbye rather than vanish, and let the close reach the server.
-        list.close().await.with_context(context)?;
-        connection.close(0u32.into(), b"done");
-        endpoint.wait_idle().await;
+        list.close().await;
+        meta.endpoint().wait_idle().await;
         Ok(())
     })
 }

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Watch it with either crate's `browser` example. Ctrl-C ends the heartbeat
-//! stream: the driver says Goodbye and the entry disappears at once.
+//! stream: the driver says Goodbye and the entry disappears at once. A lost
+//! meta server is reconnected to with backoff, as in the tokio example.
 
 mod common;
 #[path = "../../metaserve-tokio/examples/common/game.rs"]
@@ -20,14 +21,14 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::{stream, Stream, StreamExt as _};
 use game::{Cli, Game};
-use metaserve_async_std::{publish, PublishOptions};
+use metaserve_async_std::PublishOptions;
 
 fn main() -> anyhow::Result<()> {
     common::init_logging();
     let cli = Cli::parse();
     async_std::task::block_on(async {
         let game = Game::new(cli.name);
-        let (_endpoint, connection) = cli.meta.connect().await?;
+        let meta = cli.meta.reconnect().await?.on_retry(|retry| println!("{}", common::retry_line(retry)));
 
         let mut options = PublishOptions::new(cli.meta.namespace.as_str());
         options.declared_port = cli.port;
@@ -35,12 +36,13 @@ fn main() -> anyhow::Result<()> {
 
         println!("publishing {:?} in namespace {:?}; Ctrl-C to leave", game.name, cli.meta.namespace);
         // Ctrl-C ends the stream, which is how `publish` learns it is time
-        // to say Goodbye.
+        // to say Goodbye; across reconnects the driver re-sends the last heartbeat.
         let heartbeats = heartbeats(game, cli.interval).take_until(common::ctrl_c()?);
-        publish(&connection, options, heartbeats)
+        meta.publish(options, heartbeats)
             .await
             .with_context(|| format!("publishing in namespace {:?}", cli.meta.namespace))?;
         println!("left cleanly: the meta server removed the entry");
+        meta.endpoint().wait_idle().await;
         Ok(())
     })
 }

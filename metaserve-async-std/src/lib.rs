@@ -88,6 +88,12 @@
 //! # }
 //! ```
 //!
+//! The optional reconnect helpers are here too: [`reconnect`] returns a
+//! [`Reconnect`], which connects with [`Backoff`], publishes across lost
+//! connections ([`Reconnect::publish`]) and browses with a list that resumes
+//! after a reconnect ([`Reconnect::browse`]); see `metaserve-tokio`'s crate
+//! documentation for a tour, and the examples, which use them.
+//!
 //! The driver loop lives in `metaserve-quinn` and is shared with
 //! `metaserve-tokio`; this crate passes it quinn's async-std runtime
 //! ([`quinn::AsyncStdRuntime`]). Its tasks run on async-std's global
@@ -97,9 +103,10 @@
 #![forbid(unsafe_code)]
 
 pub use metaserve_quinn::{
-    browse, browse_with, tls, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, CodeCounts,
-    Counters, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server,
-    Stats, Traffic, Welcome, ALPN,
+    browse, browse_with, tls, udp_socket, Backoff, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent,
+    ClientError, CodeCounts, ConnectionLimits, Counters, Delays, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo,
+    PublishOptions, Reconnect, ReconnectEvent, ReconnectingBrowse, RegistryConfig, Resume, Retry, Server,
+    SocketBuffers, Stats, Traffic, Welcome, ALPN, UDP_BUFFER,
 };
 
 metaserve_quinn::bind_runtime!(

@@ -103,3 +103,86 @@ fn bad_token_is_rejected_with_its_code() {
         }
     });
 }
+
+#[test]
+fn reconnect_helpers_come_back_after_a_restart_on_the_same_port() {
+    use metaserve_async_std::{reconnect, Backoff, ReconnectEvent};
+
+    async_std::task::block_on(async {
+        let config = RegistryConfig { update_interval: Duration::from_millis(50), ..RegistryConfig::default() };
+        let cert = tls::DevCertificate::generate().unwrap();
+        let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config).unwrap();
+        let serve = |addr: SocketAddr| {
+            let (server_config, config) = (server_config.clone(), config.clone());
+            async move {
+                // A restart may find the previous socket not yet released.
+                let endpoint = within("binding", async {
+                    loop {
+                        match server_endpoint(addr, server_config.clone()) {
+                            Ok(endpoint) => return endpoint,
+                            Err(_) => async_std::task::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                })
+                .await;
+                let addr = endpoint.local_addr().unwrap();
+                let server = MetaServer::new(config);
+                let handle = server.handle();
+                (addr, handle, async_std::task::spawn(async move { server.serve(endpoint).await }))
+            }
+        };
+        let (addr, handle, serving) = serve("127.0.0.1:0".parse().unwrap()).await;
+        let client =
+            || client_endpoint("127.0.0.1:0".parse().unwrap(), tls::client_config_pinned(cert.fingerprint).unwrap());
+        let backoff =
+            Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200), ..Backoff::default() };
+        let meta = |endpoint| {
+            reconnect(endpoint, addr, "localhost").with_backoff(backoff).with_connect_timeout(Duration::from_secs(1))
+        };
+
+        // A game that publishes once, and a browser.
+        let publisher = meta(client().unwrap());
+        let (tx, rx) = channel::bounded::<Bytes>(4);
+        tx.send(Bytes::from_static(b"map=one")).await.unwrap();
+        let publishing =
+            async_std::task::spawn(async move { publisher.publish(PublishOptions::new("game"), rx).await });
+        let mut list = meta(client().unwrap()).browse(BrowseOptions::new("game"));
+        let listed = |list: &metaserve_async_std::ReconnectingBrowse| list.servers().any(|s| s.blob == "map=one");
+        within("the publisher listed", async {
+            while !(matches!(list.next().await, Some(Ok(ReconnectEvent::Browser(BrowserEvent::Synced { .. }))))
+                && listed(&list))
+            {}
+        })
+        .await;
+
+        handle.shutdown();
+        within("serve to return", serving).await;
+        match within("the shutdown", list.next()).await {
+            Some(Ok(ReconnectEvent::Retrying(retry))) => {
+                assert!(matches!(retry.error, ClientError::Rejected { code: ErrorCode::SHUTTING_DOWN, .. }))
+            }
+            other => panic!("expected Retrying after the shutdown, got {other:?}"),
+        }
+
+        // Started again: the browser re-snapshots, and the game is listed
+        // again without sending anything new.
+        let (_, handle, serving) = serve(addr).await;
+        within("the game listed again", async {
+            let mut reset = false;
+            loop {
+                match list.next().await {
+                    Some(Ok(ReconnectEvent::Browser(BrowserEvent::Reset))) => reset = true,
+                    Some(Ok(ReconnectEvent::Browser(BrowserEvent::Synced { .. }))) if reset && listed(&list) => break,
+                    Some(Ok(_)) => {}
+                    other => panic!("the browse ended: {other:?}"),
+                }
+            }
+        })
+        .await;
+        drop(tx);
+        within("publish to return", publishing).await.unwrap();
+        within("the browser's close", list.close()).await;
+        handle.shutdown();
+        within("serve to return", serving).await;
+    });
+}

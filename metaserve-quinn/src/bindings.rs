@@ -1,5 +1,5 @@
-//! The runtime-bound half of the API — `publish`, `MetaServer` and the
-//! endpoint constructors with a runtime passed for the caller — defined once
+//! The runtime-bound half of the API — `publish`, `reconnect`, `MetaServer`
+//! and the endpoint constructors with a runtime passed for the caller — defined once
 //! here and stamped out for each runtime by [`bind_runtime!`](crate::bind_runtime).
 
 /// Paths the macro's expansion needs, whatever the calling crate depends on.
@@ -11,7 +11,7 @@ pub mod __private {
     pub use std::sync::Arc;
 }
 
-/// Defines `publish`, `MetaServer`, `server_endpoint` and `client_endpoint`
+/// Defines `publish`, `reconnect`, `MetaServer`, `server_endpoint`, `server_endpoint_with` and `client_endpoint`
 /// bound to one quinn runtime, in the calling module. `metaserve-tokio`,
 /// `metaserve-async-std` and [`smol`](crate::smol) are each one invocation:
 ///
@@ -36,6 +36,21 @@ macro_rules! bind_runtime {
             S: $crate::bindings::__private::Stream<Item = $crate::bindings::__private::Bytes>,
         {
             $crate::publish($crate::bindings::__private::Arc::new($runtime), connection, options, heartbeats).await
+        }
+
+        #[doc = concat!(
+                    "The meta server at `server`, to (re)connect to from `endpoint` with backoff, driven on ", $name,
+                    ": publish across lost connections with `Reconnect::publish`, browse with `Reconnect::browse` ",
+                    "(a list that resumes after a reconnect), or just `Reconnect::connect`. `server_name` is the name ",
+                    "the server's certificate must carry (unless the endpoint's client configuration pins it). See ",
+                    "`metaserve_quinn::Reconnect` for the knobs (backoff, connect timeout, a callback on each retry)."
+                )]
+        pub fn reconnect(
+            endpoint: $crate::bindings::__private::quinn::Endpoint,
+            server: ::std::net::SocketAddr,
+            server_name: impl ::core::convert::Into<::std::string::String>,
+        ) -> $crate::Reconnect {
+            $crate::Reconnect::new($crate::bindings::__private::Arc::new($runtime), endpoint, server, server_name)
         }
 
         #[doc = concat!("A meta server running on ", $name, ". See `metaserve_quinn::MetaServer`.")]
@@ -78,6 +93,19 @@ macro_rules! bind_runtime {
             config: $crate::bindings::__private::quinn::ClientConfig,
         ) -> ::std::io::Result<$crate::bindings::__private::quinn::Endpoint> {
             $crate::client_endpoint($crate::bindings::__private::Arc::new($runtime), addr, config)
+        }
+
+        #[doc = concat!(
+                    "A meta server endpoint on a bound `socket` (see `udp_socket`) with the caller's endpoint ",
+                    "configuration, such as `tls::endpoint_config`, whose stateless-reset key survives restarts; ",
+                    "driven on ", $name, ". ", $note
+                )]
+        pub fn server_endpoint_with(
+            socket: ::std::net::UdpSocket,
+            endpoint: $crate::bindings::__private::quinn::EndpointConfig,
+            config: $crate::bindings::__private::quinn::ServerConfig,
+        ) -> ::std::io::Result<$crate::bindings::__private::quinn::Endpoint> {
+            $crate::server_endpoint_with($crate::bindings::__private::Arc::new($runtime), socket, endpoint, config)
         }
     };
 }

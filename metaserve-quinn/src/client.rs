@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_core::Stream;
 use metaserve_proto::{Browser, BrowserEvent, ErrorCode, Publisher, PublisherEvent, Resume, Server, Welcome};
-use quinn::{Connection, ConnectionError, ReadError, RecvStream, Runtime, SendStream, WriteError};
+use quinn::{
+    ConnectError, Connection, ConnectionError, ReadError, RecvStream, Runtime, SendStream, VarInt, WriteError,
+};
 
 use crate::io::{race, Outbox, Timer, BUDGET};
 
@@ -39,6 +41,112 @@ pub enum ClientError {
     /// The meta server ended the session stream without closing the connection.
     #[error("the meta server ended the session stream")]
     StreamEnded,
+    /// No connection could be started at all (an unusable server name or
+    /// address, an endpoint without a client configuration or shutting
+    /// down): quinn's reason. Only the reconnect helpers ([`Reconnect`](crate::Reconnect))
+    /// connect for you; with your own connections you see quinn's error.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] ConnectError),
+    /// The QUIC handshake did not complete within the connect timeout of a
+    /// [`Reconnect`](crate::Reconnect): nothing answers at the server's address (yet).
+    #[error("no answer from the meta server within {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+impl ClientError {
+    /// Whether retrying later on a new connection may succeed: the one
+    /// place that decides which ends of a session the reconnect helpers
+    /// ([`Reconnect`](crate::Reconnect)) retry with backoff and which they return.
+    ///
+    /// **Transient** (retried):
+    ///
+    /// | error | why |
+    /// |---|---|
+    /// | connection timed out or reset, [`ConnectTimeout`](ClientError::ConnectTimeout), [`StreamEnded`](ClientError::StreamEnded) | the network or the server went away; a reset is what a restarted server answers for a connection it no longer knows |
+    /// | a QUIC close or transport error without a TLS alert (e.g. `CONNECTION_REFUSED` from a server busy with handshakes), CIDs exhausted | QUIC gave up on this connection, not on this client |
+    /// | `SHUTTING_DOWN` | the server is stopping, typically to restart |
+    /// | `SERVER_FULL`, `IP_LIMIT`, `NAMESPACE_LIMIT` | a capacity limit that frees up as other sessions end |
+    /// | `HANDSHAKE_TIMEOUT` | this connection was too slow to say Hello; the next one may not be |
+    /// | `HEARTBEAT_TIMEOUT` | heartbeats did not arrive in time (a network stall); a new session re-sends the blob |
+    /// | `NO_ERROR` | the server ended the session without blaming the client |
+    /// | a code this version does not know | the protocol asks receivers to treat it as a generic error; the backoff bounds the cost of retrying one that turns out final, while giving up on one that was temporary would take a game off the list until someone restarts it |
+    ///
+    /// **Final** (returned to the caller):
+    ///
+    /// | error | why |
+    /// |---|---|
+    /// | `UNAUTHORIZED`, `BANNED` | the operator's decision about this client; only new configuration changes it |
+    /// | `INVALID_NAMESPACE`, `UNSUPPORTED_VERSION` | the client's own settings or version; every retry would send the same Hello |
+    /// | `BLOB_TOO_LARGE`, `FRAME_TOO_LARGE`, `LIST_TOO_LARGE` | a size that does not fit the limits, and would be sent or received again |
+    /// | `PROTOCOL_VIOLATION`, [`Protocol`](ClientError::Protocol) | a bug on one side that a new connection would repeat |
+    /// | `REPLACED` | another instance took over this entry's address: retrying would evict it, and it would evict us back, forever (`docs/PROTOCOL.md` §6.2) |
+    /// | a TLS failure (a QUIC close with a TLS alert: an untrusted certificate, no common ALPN), QUIC version mismatch | the server is not the one this client trusts or can speak to |
+    /// | the connection closed locally, [`Connect`](ClientError::Connect) | this program closed it, or cannot connect at all: its own doing |
+    ///
+    /// ```
+    /// use metaserve_quinn::{ClientError, ErrorCode};
+    ///
+    /// let shutting_down = ClientError::Rejected { code: ErrorCode::SHUTTING_DOWN, reason: "server shutting down".into() };
+    /// assert!(shutting_down.is_transient());
+    /// let replaced = ClientError::Rejected { code: ErrorCode::REPLACED, reason: "replaced".into() };
+    /// assert!(!replaced.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Rejected { code, .. } => code_is_transient(*code),
+            ClientError::ConnectionLost(error) => match error {
+                ConnectionError::TimedOut | ConnectionError::Reset | ConnectionError::CidsExhausted => true,
+                ConnectionError::ConnectionClosed(close) => !is_tls_alert(close.error_code.into()),
+                ConnectionError::TransportError(error) => !is_tls_alert(error.code.into()),
+                // Converted to Rejected by `From`; classified by its code if built by hand.
+                ConnectionError::ApplicationClosed(close) => {
+                    code_is_transient(ErrorCode(close.error_code.into_inner()))
+                }
+                ConnectionError::VersionMismatch | ConnectionError::LocallyClosed => false,
+            },
+            ClientError::Protocol(error) => code_is_transient(error.code()),
+            ClientError::StreamEnded | ClientError::ConnectTimeout(_) => true,
+            ClientError::Connect(error) => matches!(error, ConnectError::CidsExhausted),
+        }
+    }
+
+    /// The code to close a connection with after this error: the
+    /// protocol's code for an error this side detected, else `NO_ERROR`
+    /// (the server ended the session, or the connection is gone already).
+    pub(crate) fn close_code(&self) -> ErrorCode {
+        match self {
+            ClientError::Protocol(error) => error.code(),
+            _ => ErrorCode::NO_ERROR,
+        }
+    }
+}
+
+/// See [`ClientError::is_transient`] for the reason behind each code.
+fn code_is_transient(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::UNAUTHORIZED
+            | ErrorCode::BANNED
+            | ErrorCode::INVALID_NAMESPACE
+            | ErrorCode::UNSUPPORTED_VERSION
+            | ErrorCode::BLOB_TOO_LARGE
+            | ErrorCode::FRAME_TOO_LARGE
+            | ErrorCode::LIST_TOO_LARGE
+            | ErrorCode::PROTOCOL_VIOLATION
+            | ErrorCode::REPLACED
+    )
+}
+
+/// QUIC transport error codes 0x100–0x1ff carry a TLS alert (RFC 9001 §4.8).
+fn is_tls_alert(code: u64) -> bool {
+    (0x100..=0x1ff).contains(&code)
+}
+
+/// Closes `connection` after a session on it failed with `error`.
+pub(crate) fn close_after(connection: &Connection, error: &ClientError) {
+    let code = error.close_code();
+    let reason = if code == ErrorCode::NO_ERROR { String::new() } else { error.to_string() };
+    connection.close(VarInt::from_u64(code.0).unwrap_or(VarInt::MAX), reason.as_bytes());
 }
 
 impl From<ConnectionError> for ClientError {
@@ -77,8 +185,8 @@ impl From<WriteError> for ClientError {
     }
 }
 
-/// How long a publisher that said Goodbye waits for the server to close.
-const GOODBYE_LINGER: Duration = Duration::from_secs(2);
+/// How long a client that said Goodbye waits for the server to close.
+pub(crate) const GOODBYE_LINGER: Duration = Duration::from_secs(2);
 
 /// Publishes `heartbeats` on `connection` until the stream of heartbeats
 /// ends, then says Goodbye; the server removes the entry at once.
@@ -91,6 +199,21 @@ pub async fn publish<S>(
     connection: &Connection,
     options: PublishOptions,
     heartbeats: S,
+) -> Result<(), ClientError>
+where
+    S: Stream<Item = Bytes>,
+{
+    publish_session(runtime, connection, options, heartbeats, &mut false).await
+}
+
+/// [`publish`], also setting `welcomed` once the server's Welcome arrived
+/// (a reconnecting publisher resets its backoff after such a session).
+pub(crate) async fn publish_session<S>(
+    runtime: Arc<dyn Runtime>,
+    connection: &Connection,
+    options: PublishOptions,
+    heartbeats: S,
+    welcomed: &mut bool,
 ) -> Result<(), ClientError>
 where
     S: Stream<Item = Bytes>,
@@ -125,10 +248,13 @@ where
                     publisher.handle_input(now, &chunk.bytes)?;
                     while let Some(event) = publisher.poll_event() {
                         match event {
-                            PublisherEvent::Accepted(welcome) => match welcome.publisher {
-                                Some(info) => tracing::info!(address = %info.address, id = info.id, "publishing"),
-                                None => tracing::info!("publishing"),
-                            },
+                            PublisherEvent::Accepted(welcome) => {
+                                *welcomed = true;
+                                match welcome.publisher {
+                                    Some(info) => tracing::info!(address = %info.address, id = info.id, "publishing"),
+                                    None => tracing::info!("publishing"),
+                                }
+                            }
                             PublisherEvent::Rejected { code, reason } => {
                                 return Poll::Ready(Err(ClientError::Rejected { code, reason }))
                             }
@@ -170,6 +296,19 @@ where
         }
         _ => Ok(()),
     }
+}
+
+/// Reads the next chunk of the session stream into `browser`.
+pub(crate) fn poll_browser_input(
+    cx: &mut Context<'_>,
+    recv: &mut RecvStream,
+    browser: &mut Browser,
+) -> Poll<Result<(), ClientError>> {
+    // Chunks as quinn received them: no read buffer, no copy.
+    let chunk = std::task::ready!(pin!(recv.read_chunk(usize::MAX, true)).poll(cx))?;
+    let chunk = chunk.ok_or(ClientError::StreamEnded)?;
+    browser.handle_input(Instant::now(), &chunk.bytes)?;
+    Poll::Ready(Ok(()))
 }
 
 /// A live server list: a [`Stream`] of [`BrowserEvent`]s that also offers
@@ -214,11 +353,7 @@ impl Browse {
     }
 
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        // Chunks as quinn received them: no read buffer, no copy.
-        let chunk = std::task::ready!(pin!(self.recv.read_chunk(usize::MAX, true)).poll(cx))?;
-        let chunk = chunk.ok_or(ClientError::StreamEnded)?;
-        self.browser.handle_input(Instant::now(), &chunk.bytes)?;
-        Poll::Ready(Ok(()))
+        poll_browser_input(cx, &mut self.recv, &mut self.browser)
     }
 
     /// The current list, in no particular order.

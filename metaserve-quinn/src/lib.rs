@@ -7,6 +7,12 @@
 //! anyone bringing their own `quinn::Runtime`. With the `smol` feature, its
 //! `smol` module is such a runtime layer for smol (`quinn::SmolRuntime`).
 //!
+//! Besides one session per connection ([`publish`], [`browse`]), it has
+//! optional reconnect helpers: [`Reconnect`] connects with [`Backoff`] and
+//! keeps a publisher listed, or a browser's list current (resumed where
+//! possible), across lost connections; [`ClientError::is_transient`] decides
+//! what is worth retrying.
+//!
 //! The loops are written against quinn's poll-level stream API
 //! (`RecvStream::poll_read`, `SendStream::poll_write`) inside one `poll_fn`
 //! per session: output is pulled from the state machine only once the
@@ -16,6 +22,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "driver")]
+mod admission;
+#[cfg(feature = "driver")]
 #[doc(hidden)]
 pub mod bindings;
 #[cfg(feature = "driver")]
@@ -23,11 +31,17 @@ mod client;
 #[cfg(feature = "driver")]
 mod io;
 #[cfg(feature = "driver")]
+mod reconnect;
+#[cfg(feature = "driver")]
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
+#[cfg(feature = "driver")]
+mod throttle;
 pub mod tls;
 
+#[cfg(feature = "driver")]
+pub use admission::ConnectionLimits;
 #[cfg(feature = "driver")]
 pub use client::{browse, browse_with, publish, Browse, BrowseOptions, ClientError, PublishOptions};
 pub use metaserve_proto::{
@@ -35,4 +49,9 @@ pub use metaserve_proto::{
     Resume, Server, Stats, Welcome, ALPN,
 };
 #[cfg(feature = "driver")]
-pub use server::{client_endpoint, server_endpoint, MetaServer, MetaServerHandle, Traffic};
+pub use reconnect::{Backoff, Delays, Reconnect, ReconnectEvent, ReconnectingBrowse, Retry};
+#[cfg(feature = "driver")]
+pub use server::{
+    client_endpoint, server_endpoint, server_endpoint_with, udp_socket, MetaServer, MetaServerHandle, SocketBuffers,
+    Traffic, UDP_BUFFER,
+};

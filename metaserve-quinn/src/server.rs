@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use metaserve_proto::{
@@ -17,7 +17,9 @@ use metaserve_proto::{
 };
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, Runtime, VarInt};
 
+use crate::admission::{Admission, ConnectionLimits, Decision, Slot};
 use crate::io::{race, Outbox, Timer, BUDGET};
+use crate::throttle::LogThrottle;
 
 /// The registry's timers are checked at least this often, so deadlines
 /// created after the timer task went to sleep are never late by more.
@@ -41,6 +43,8 @@ struct Shared {
     shutdown: event_listener::Event,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
+    admission: Admission,
+    logs: LogThrottle,
 }
 
 /// What the driver counts around the registry (whose own counts are
@@ -54,8 +58,21 @@ pub struct Traffic {
     pub bytes_sent: u64,
     /// QUIC connections that completed their handshake.
     pub connections: u64,
-    /// Incoming connections whose QUIC handshake failed.
+    /// Incoming connections whose QUIC handshake failed (including those
+    /// that timed out).
     pub handshakes_failed: u64,
+    /// QUIC handshakes that did not complete within the handshake timeout.
+    pub handshakes_timed_out: u64,
+    /// Connection attempts refused before any TLS work, because
+    /// [`ConnectionLimits`] handshakes were in progress (in total or from
+    /// the source address).
+    pub attempts_refused: u64,
+    /// Connection attempts answered with a Retry (address validation),
+    /// because more than [`ConnectionLimits::validate_above`] handshakes
+    /// were in progress.
+    pub retries: u64,
+    /// QUIC handshakes in progress now (a gauge, not a count since creation).
+    pub handshakes_in_progress: u64,
     /// Connections the driver closed on its own account: the client
     /// opened a second stream (`PROTOCOL_VIOLATION`). Closes the registry
     /// decides, including a finished session stream, are in
@@ -83,16 +100,20 @@ fn close(connection: &Connection, code: ErrorCode, reason: &str) {
 
 impl State {
     /// Acts on the registry's events: logs them and closes connections.
-    fn drain_events(&mut self) {
+    fn drain_events(&mut self, logs: &LogThrottle) {
         while let Some(event) = self.registry.poll_event() {
             match event {
                 Event::Accepted { connection, role, namespace, address, resumed } => {
-                    let peer = self.connections.get(&connection).map(Connection::remote_address);
-                    tracing::info!(?peer, %role, %namespace, %address, resumed, "session accepted");
+                    if logs.allow("session accepted", Instant::now()) {
+                        let peer = self.connections.get(&connection).map(Connection::remote_address);
+                        tracing::info!(?peer, %role, %namespace, %address, resumed, "session accepted");
+                    }
                 }
                 Event::Closed { connection, code, reason } => {
                     if let Some(conn) = self.connections.get(&connection) {
-                        tracing::info!(peer = %conn.remote_address(), %code, %reason, "closing connection");
+                        if logs.allow("closing connection", Instant::now()) {
+                            tracing::info!(peer = %conn.remote_address(), %code, %reason, "closing connection");
+                        }
                         close(conn, code, &reason);
                     }
                 }
@@ -135,6 +156,8 @@ impl MetaServer {
             shutdown: event_listener::Event::new(),
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            admission: Admission::default(),
+            logs: LogThrottle::default(),
         });
         MetaServer { shared, runtime }
     }
@@ -157,10 +180,7 @@ impl MetaServer {
                 break;
             }
             match race(endpoint.accept(), shutdown).await {
-                Ok(Some(incoming)) => {
-                    let task = run_connection(shared.clone(), self.runtime.clone(), incoming);
-                    self.runtime.spawn(Box::pin(task));
-                }
+                Ok(Some(incoming)) => self.admit(incoming),
                 Ok(None) | Err(()) => break,
             }
         }
@@ -174,6 +194,37 @@ impl MetaServer {
         // draining period, and the exit with it, to minutes.
         let mut timer = Timer::new(&*self.runtime);
         let _ = race(endpoint.wait_idle(), timer.sleep_until(self.runtime.now() + SHUTDOWN_LINGER)).await;
+    }
+}
+
+impl MetaServer {
+    /// Decides on one connection attempt before any TLS work: see
+    /// [`ConnectionLimits`].
+    fn admit(&self, incoming: Incoming) {
+        let shared = &self.shared;
+        let peer = incoming.remote_address();
+        match shared.admission.decide(peer.ip(), incoming.remote_address_validated()) {
+            Decision::Accept(slot) => {
+                let task = run_connection(shared.clone(), self.runtime.clone(), incoming, slot);
+                self.runtime.spawn(Box::pin(task));
+            }
+            Decision::Retry => {
+                tracing::debug!(%peer, "connection attempt asked to validate its address (Retry)");
+                if incoming.may_retry() {
+                    // Fails only for an attempt that already carried a Retry token.
+                    let _ = incoming.retry();
+                } else {
+                    shared.admission.retry_failed();
+                }
+            }
+            Decision::Refuse { per_ip, max } => {
+                if shared.logs.allow("connection attempt refused", Instant::now()) {
+                    let scope = if per_ip { "from this address" } else { "in total" };
+                    tracing::info!(%peer, "connection attempt refused: {max} QUIC handshakes in progress {scope}");
+                }
+                incoming.refuse();
+            }
+        }
     }
 }
 
@@ -218,7 +269,23 @@ impl MetaServerHandle {
         let mut traffic = self.shared.lock().traffic;
         traffic.bytes_received = self.shared.bytes_received.load(Ordering::Relaxed);
         traffic.bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+        let admission = self.shared.admission.counts();
+        traffic.attempts_refused = admission.refused;
+        traffic.retries = admission.retries;
+        traffic.handshakes_timed_out = admission.timed_out;
+        traffic.handshakes_in_progress = admission.in_progress as u64;
         traffic
+    }
+
+    /// The bounds on QUIC handshakes in progress.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        self.shared.admission.limits()
+    }
+
+    /// Replaces the bounds on QUIC handshakes in progress; they apply to
+    /// new connection attempts. Handshakes in progress are not cut short.
+    pub fn set_connection_limits(&self, limits: ConnectionLimits) {
+        self.shared.admission.set_limits(limits);
     }
 
     /// The registry's epoch, carried by every Welcome.
@@ -245,7 +312,7 @@ impl MetaServerHandle {
     pub fn set_bans(&self, bans: impl IntoIterator<Item = Ban>) -> usize {
         let mut state = self.shared.lock();
         let closed = state.registry.set_bans(self.runtime.now(), bans);
-        state.drain_events();
+        state.drain_events(&self.shared.logs);
         closed
     }
 
@@ -273,7 +340,7 @@ impl MetaServerHandle {
         }
         let mut state = self.shared.lock();
         state.registry.shutdown();
-        state.drain_events();
+        state.drain_events(&self.shared.logs);
         drop(state);
         self.shared.shutdown.notify(usize::MAX);
     }
@@ -286,9 +353,10 @@ async fn run_timers(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) {
         let next = {
             let mut state = shared.lock();
             state.registry.handle_timeout(now);
-            state.drain_events();
+            state.drain_events(&shared.logs);
             state.registry.poll_timeout()
         };
+        shared.logs.report(Instant::now());
         let tick = now + TIMER_TICK;
         timer.sleep_until(next.map_or(tick, |at| at.min(tick))).await;
     }
@@ -305,16 +373,35 @@ enum End {
     Stream(String),
 }
 
-async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming: Incoming) {
+/// Completes the QUIC handshake within the registry's handshake timeout,
+/// holding `slot` meanwhile. A connection dropped here is closed by quinn.
+async fn handshake(shared: &Shared, runtime: &dyn Runtime, incoming: Incoming, slot: Slot) -> Option<Connection> {
     let peer = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(e) => {
+    let limit = shared.lock().registry.config().handshake_timeout;
+    let mut timer = Timer::new(runtime);
+    let result = match incoming.accept() {
+        Ok(connecting) => race(connecting, timer.sleep_until(runtime.now() + limit)).await.ok(),
+        Err(e) => Some(Err(e)),
+    };
+    match result {
+        Some(Ok(connection)) => Some(connection),
+        Some(Err(e)) => {
             tracing::debug!(%peer, "QUIC handshake failed: {e}");
             shared.lock().traffic.handshakes_failed += 1;
-            return;
+            None
         }
-    };
+        None => {
+            tracing::debug!(%peer, "QUIC handshake timed out after {limit:?}");
+            shared.lock().traffic.handshakes_failed += 1;
+            slot.timed_out();
+            None
+        }
+    }
+}
+
+async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming: Incoming, slot: Slot) {
+    let peer = incoming.remote_address();
+    let Some(connection) = handshake(&shared, &*runtime, incoming, slot).await else { return };
     let handle = {
         let mut state = shared.lock();
         state.traffic.connections += 1;
@@ -324,7 +411,9 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
                 handle
             }
             Err(e) => {
-                tracing::info!(%peer, code = %e.code(), reason = %e, "connection refused");
+                if shared.logs.allow("connection refused", Instant::now()) {
+                    tracing::info!(%peer, code = %e.code(), reason = %e, "connection refused");
+                }
                 close(&connection, e.code(), &e.to_string());
                 return;
             }
@@ -336,7 +425,7 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
         let mut state = shared.lock();
         state.registry.remove(handle);
         state.connections.remove(&handle);
-        state.drain_events();
+        state.drain_events(&shared.logs);
         let traffic = &mut state.traffic;
         match &end {
             // Counted by the registry, which decided the close.
@@ -350,7 +439,9 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
             End::Connection(_) | End::Stream(_) => traffic.lost += 1,
         }
     }
-    log_end(peer, &end);
+    if shared.logs.allow("disconnected", Instant::now()) {
+        log_end(peer, &end);
+    }
     match end {
         // Closed already, with the code the registry chose.
         End::Finished => {}
@@ -412,7 +503,7 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
                         // The registry decides: a graceful end, or a stream cut
                         // inside a frame; its Closed event closes the connection.
                         let _ = state.registry.handle_finish(handle);
-                        state.drain_events();
+                        state.drain_events(&shared.logs);
                         return Poll::Ready(End::Finished);
                     }
                     Poll::Ready(Ok(Some(n))) => {
@@ -423,7 +514,7 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
                             let _ = state.registry.handle_input(handle, now, chunk);
                             *chunk = Bytes::new();
                         }
-                        state.drain_events();
+                        state.drain_events(&shared.logs);
                         progressed = true;
                     }
                     Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
@@ -462,14 +553,78 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
     .await
 }
 
-/// Binds a server endpoint on `addr` with `config`, on `runtime`.
+/// The UDP receive and send buffer sizes a meta server asks the kernel
+/// for: 4 MiB each, room for several thousand datagrams, so a burst (or a
+/// moment in which the runtime's threads are busy) does not overflow the
+/// receive queue, whose default on Linux (about 208 KiB) holds only ~150.
+/// The kernel caps the request at `net.core.rmem_max` / `wmem_max`; see
+/// [`SocketBuffers`].
+pub const UDP_BUFFER: usize = 4 << 20;
+
+/// The buffer sizes of a bound UDP socket: what was asked for, and what the
+/// kernel granted (Linux reports twice the usable size, for its own
+/// bookkeeping, and caps requests at `net.core.rmem_max` / `wmem_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SocketBuffers {
+    /// The size asked for, for each direction.
+    pub requested: usize,
+    /// The receive buffer the kernel reports.
+    pub receive: usize,
+    /// The send buffer the kernel reports.
+    pub send: usize,
+}
+
+impl SocketBuffers {
+    /// Whether the kernel granted less than was asked for (on Linux: raise
+    /// `net.core.rmem_max` and `net.core.wmem_max`).
+    pub fn is_capped(&self) -> bool {
+        self.receive < self.requested || self.send < self.requested
+    }
+}
+
+/// Binds a UDP socket on `addr` with receive and send buffers of `buffer`
+/// bytes each, as far as the kernel grants.
+pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<(UdpSocket, SocketBuffers)> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // A wildcard IPv6 listener serves IPv4 clients too, as std's bind does by default on Linux.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a refused size leaves the default, which is reported.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    let buffers =
+        SocketBuffers { requested: buffer, receive: socket.recv_buffer_size()?, send: socket.send_buffer_size()? };
+    Ok((socket.into(), buffers))
+}
+
+/// Binds a server endpoint on `addr` with `config`, on `runtime`, with
+/// [`UDP_BUFFER`]-sized socket buffers and quinn's default endpoint
+/// configuration (a random stateless-reset key: see
+/// [`server_endpoint_with`] for one that survives restarts).
 pub fn server_endpoint(
     runtime: Arc<dyn Runtime>,
     addr: SocketAddr,
     config: quinn::ServerConfig,
 ) -> std::io::Result<Endpoint> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+    let (socket, _) = udp_socket(addr, UDP_BUFFER)?;
+    server_endpoint_with(runtime, socket, quinn::EndpointConfig::default(), config)
+}
+
+/// A server endpoint on a bound `socket` (see [`udp_socket`]) with an
+/// endpoint configuration of the caller's, such as
+/// [`tls::endpoint_config`](crate::tls::endpoint_config), whose
+/// stateless-reset key survives restarts.
+pub fn server_endpoint_with(
+    runtime: Arc<dyn Runtime>,
+    socket: UdpSocket,
+    endpoint: quinn::EndpointConfig,
+    config: quinn::ServerConfig,
+) -> std::io::Result<Endpoint> {
+    Endpoint::new(endpoint, Some(config), socket, runtime)
 }
 
 /// Binds a client endpoint on `addr` (use port 0) with `config` as the

@@ -4,7 +4,7 @@
 //!
 //! Everything else is runtime-agnostic and lives at the crate root:
 //! [`browse`](crate::browse), [`tls`](crate::tls), the options, events and
-//! errors. Tasks (the endpoint driver, the meta server's connections) run on
+//! errors, and the [`Reconnect`](crate::Reconnect) that [`reconnect`] returns. Tasks (the endpoint driver, the meta server's connections) run on
 //! smol's global executor, `smol::spawn`.
 //!
 //! ```no_run

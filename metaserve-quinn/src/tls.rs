@@ -143,6 +143,47 @@ impl DevCertificate {
             cert: cert_der,
         })
     }
+
+    /// Reads a certificate and its private key written by
+    /// [`DevCertificate::write`] (or any PEM pair), checking that the key
+    /// belongs to the certificate.
+    ///
+    /// ```
+    /// use metaserve_quinn::tls::DevCertificate;
+    /// let dir = std::env::temp_dir().join(format!("metaserve-doc-dev-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let (cert, key) = (dir.join("cert.pem"), dir.join("cert-key.pem"));
+    /// let dev = DevCertificate::generate().unwrap();
+    /// dev.write(&cert, &key).unwrap();
+    /// assert_eq!(DevCertificate::load(&cert, &key).unwrap().fingerprint, dev.fingerprint);
+    /// // Another certificate's key does not belong to it.
+    /// DevCertificate::generate().unwrap().write(&dir.join("other.pem"), &key).unwrap();
+    /// assert!(DevCertificate::load(&cert, &key).is_err());
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let cert_pem =
+            std::fs::read_to_string(cert).map_err(|e| TlsError::Pem { path: cert.to_owned(), what: e.to_string() })?;
+        let key_pem =
+            std::fs::read_to_string(key).map_err(|e| TlsError::Pem { path: key.to_owned(), what: e.to_string() })?;
+        let mut certs = load_certs(cert)?;
+        let key_der = load_key(key)?;
+        // Refuses a key that does not match the certificate's public key.
+        rustls::sign::CertifiedKey::from_der(certs.clone(), key_der.clone_key(), &provider())?;
+        let cert_der = certs.swap_remove(0);
+        Ok(DevCertificate { fingerprint: Fingerprint::of(&cert_der), cert: cert_der, key: key_der, cert_pem, key_pem })
+    }
+
+    /// Writes the certificate to `cert` and its private key to `key` (PEM);
+    /// on Unix the key file is readable by its owner only.
+    pub fn write(&self, cert: &Path, key: &Path) -> std::io::Result<()> {
+        std::fs::write(cert, &self.cert_pem)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(key)?, self.key_pem.as_bytes())
+    }
 }
 
 /// Reads every certificate in a PEM file.
@@ -169,15 +210,36 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Idle connections are closed after this long without any packet.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Clients send keep-alives this often, well within [`IDLE_TIMEOUT`].
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Clients send a keep-alive PING after this long without sending anything.
+///
+/// Besides keeping the session within [`IDLE_TIMEOUT`], the PING is how an
+/// idle client (a browser in a quiet namespace) learns that the meta server
+/// restarted: the new process answers it with a stateless reset (see
+/// [`endpoint_config`]), so the client notices within this interval instead
+/// of at its idle timeout. It costs one small packet each way per interval
+/// and idle client; raise it on the returned [`client_transport`] for
+/// clients that need not notice quickly.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Transport limits of the meta server's side: one session stream per
-/// connection (a second stream is admitted only to be refused with
-/// `PROTOCOL_VIOLATION`), receive windows sized to a few frames so a client
-/// can never make the server buffer more than that, and a send window of
-/// four stream windows (256 KiB with the defaults), which bounds what a
-/// browser that stops reading costs the server.
+/// Out-of-order CRYPTO data (the TLS handshake) a peer may make the server
+/// buffer per connection. A ClientHello with post-quantum key shares fits.
+pub const CRYPTO_BUFFER: usize = 16 * 1024;
+
+/// Transport limits of the meta server's side. Every buffer a peer can fill
+/// without the application reading it is bounded here:
+///
+/// - **DATAGRAM frames are not offered** (the protocol uses none): a peer
+///   that sends one anyway is closed by QUIC with `PROTOCOL_VIOLATION`, so
+///   no datagram is ever buffered.
+/// - **Streams**: one session stream per connection (a second bidirectional
+///   or a unidirectional stream is admitted only to be refused with
+///   `PROTOCOL_VIOLATION`); receive windows are sized to a few frames
+///   (`4 × max_frame_size`, at least 64 KiB, per stream; twice that per
+///   connection), so a client can never make the server buffer more.
+/// - **CRYPTO**: [`CRYPTO_BUFFER`] of out-of-order handshake data.
+/// - **Sending**: a send window of four stream windows (256 KiB with the
+///   defaults), which bounds what a browser that stops reading costs the
+///   server.
 pub fn server_transport(config: &RegistryConfig) -> quinn_proto::TransportConfig {
     let window = (4 * config.max_frame_size()).max(64 * 1024) as u32;
     let mut transport = quinn_proto::TransportConfig::default();
@@ -190,22 +252,39 @@ pub fn server_transport(config: &RegistryConfig) -> quinn_proto::TransportConfig
         // browser that stops reading pins at most this much of the server's
         // memory (the registry itself holds only its cursor).
         .send_window(u64::from(4 * window))
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
+        .crypto_buffer_size(CRYPTO_BUFFER)
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(None);
     transport
 }
 
-/// Transport settings for publishers and browsers: keep-alives so an idle
-/// session outlives the idle timeout, no streams accepted from the server.
+/// Transport settings for publishers and browsers: keep-alives every
+/// [`KEEP_ALIVE_INTERVAL`], no streams and no datagrams accepted from the
+/// server.
 pub fn client_transport() -> quinn_proto::TransportConfig {
     let mut transport = quinn_proto::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
         .max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     transport
 }
+
+/// Bytes of packets quinn keeps for one connection attempt that the server
+/// has not yet accepted or refused, beyond its first packet (the driver
+/// decides on each attempt as it arrives, so this only needs to hold the
+/// rest of a ClientHello).
+pub const INCOMING_BUFFER: u64 = 64 * 1024;
+/// Bytes of such packets kept for all undecided attempts together.
+pub const INCOMING_BUFFER_TOTAL: u64 = 8 << 20;
+/// Connection attempts quinn holds before the server decides on them; more
+/// are refused by quinn itself.
+pub const MAX_INCOMING: usize = 4096;
 
 /// A meta server configuration: ALPN `metaserve/1`, TLS 1.3, the given
 /// certificate chain and key, and [`server_transport`].
@@ -221,8 +300,67 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(server_transport(config)));
+    server
+        .transport_config(Arc::new(server_transport(config)))
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(server)
+}
+
+/// The labels that make the keys of [`endpoint_config`] independent of
+/// every other use of the server's private key, and of each other.
+const RESET_KEY_LABEL: &[u8] = b"metaserve stateless reset key v1";
+const CID_KEY_LABEL: &[u8] = b"metaserve connection id key v1";
+
+/// An endpoint configuration that lets a restarted server end its
+/// predecessor's connections at once: its stateless-reset key and the key
+/// its connection IDs are signed with are derived from the server's TLS
+/// private key (HKDF-SHA256 over its DER encoding, one label each).
+///
+/// A QUIC server answers a packet for a connection it does not know with a
+/// stateless reset only if the packet's connection ID carries its own
+/// signature (quinn drops others unanswered, as non-QUIC noise), and the
+/// client accepts the reset only if its token, computed from the reset key
+/// and that ID, is the one the client was given. With quinn's defaults both
+/// keys are random per process: a restarted server cannot reset its
+/// predecessor's connections, and their clients hang until their idle
+/// timeout. With keys derived from the private key, the restarted server
+/// resets them at their next packet (a keep-alive, at most
+/// [`KEEP_ALIVE_INTERVAL`] later), so they reconnect. Anyone holding the
+/// private key can forge resets, which is no new power: they can
+/// impersonate the server anyway.
+///
+/// ```
+/// # use metaserve_quinn::tls::{endpoint_config, DevCertificate};
+/// let dev = DevCertificate::generate().unwrap();
+/// let config = endpoint_config(&dev.key);
+/// # let _ = config;
+/// ```
+pub fn endpoint_config(key: &PrivateKeyDer<'_>) -> quinn_proto::EndpointConfig {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"metaserve endpoint").extract(key.secret_der());
+    // `expand` fails only for outputs over 255 × 32 bytes.
+    let reset = prk
+        .expand(&[RESET_KEY_LABEL], ring::hmac::HMAC_SHA256)
+        .map(ring::hmac::Key::from)
+        .unwrap_or_else(|_| unreachable!("a 32-byte HKDF output is always available"));
+    let mut cid_key = [0u8; 8];
+    prk.expand(&[CID_KEY_LABEL], CidKeyLen)
+        .and_then(|okm| okm.fill(&mut cid_key))
+        .unwrap_or_else(|_| unreachable!("an 8-byte HKDF output is always available"));
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn_proto::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
+}
+
+/// The output length of the connection-ID key's HKDF expansion.
+struct CidKeyLen;
+
+impl ring::hkdf::KeyType for CidKeyLen {
+    fn len(&self) -> usize {
+        8
+    }
 }
 
 fn client_from_tls(mut tls: rustls::ClientConfig) -> Result<quinn_proto::ClientConfig, TlsError> {

@@ -12,6 +12,12 @@
 //! Watch them with the `browser` example. Ctrl-C ends the heartbeat stream:
 //! the driver says Goodbye and the entry disappears from every browser at
 //! once, instead of lingering until it expires.
+//!
+//! When the meta server goes away (restarted, killed, network down), the
+//! publisher says so and reconnects with backoff, and the new session
+//! publishes the game's current heartbeat at once; it also waits for a meta
+//! server that is not up yet. It gives up only on a final answer, such as a
+//! wrong publish token.
 
 mod common;
 #[path = "common/game.rs"]
@@ -24,7 +30,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::{stream, Stream, StreamExt as _};
 use game::{Cli, Game};
-use metaserve_tokio::{publish, PublishOptions};
+use metaserve_tokio::PublishOptions;
 use tokio::time::{interval_at, Instant};
 
 #[tokio::main]
@@ -32,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     common::init_logging();
     let cli = Cli::parse();
     let game = Game::new(cli.name);
-    let (_endpoint, connection) = cli.meta.connect().await?;
+    let meta = cli.meta.reconnect().await?.on_retry(|retry| println!("{}", common::retry_line(retry)));
 
     let mut options = PublishOptions::new(cli.meta.namespace.as_str());
     options.declared_port = cli.port;
@@ -40,12 +46,14 @@ async fn main() -> anyhow::Result<()> {
 
     println!("publishing {:?} in namespace {:?}; Ctrl-C to leave", game.name, cli.meta.namespace);
     // The game itself does not know about Ctrl-C: the stream simply ends,
-    // which is how `publish` learns it is time to say Goodbye.
+    // which is how `publish` learns it is time to say Goodbye. It knows
+    // nothing of reconnects either: the driver re-sends its last heartbeat.
     let heartbeats = heartbeats(game, cli.interval).take_until(tokio::signal::ctrl_c());
-    publish(&connection, options, heartbeats)
+    meta.publish(options, heartbeats)
         .await
         .with_context(|| format!("publishing in namespace {:?}", cli.meta.namespace))?;
     println!("left cleanly: the meta server removed the entry");
+    meta.endpoint().wait_idle().await;
     Ok(())
 }
 

@@ -40,15 +40,71 @@
 //! # let _ = handle; Ok(()) }
 //! ```
 //!
+//! ## Surviving a lost meta server
+//!
+//! `publish` and `browse` run one session on the caller's connection and end
+//! with it, with the reason ([`ClientError`]). Every game also wants to be
+//! back when the meta server restarts or the network drops, so the optional
+//! reconnect helpers do that: [`reconnect`] names the meta server and returns
+//! a [`Reconnect`], which connects with [`Backoff`] (250 ms doubling to 15 s,
+//! with jitter so that the clients of a restarted server do not return in
+//! lockstep; every value a knob), and runs
+//!
+//! - [`Reconnect::publish`]: one heartbeat stream across as many connections
+//!   as it takes; each new session first re-sends the newest blob, so a game
+//!   that publishes only on change is listed again at once;
+//! - [`Reconnect::browse`]: a [`ReconnectingBrowse`], whose sessions resume
+//!   from the list's resume point (only the changes since are sent), or start
+//!   over with a `Reset` and a fresh snapshot when the server restarted. It
+//!   yields [`ReconnectEvent::Retrying`] and [`ReconnectEvent::Connected`], so
+//!   a UI can say "reconnecting…".
+//!
+//! Closes that a retry may cure (lost or reset connections, `SHUTTING_DOWN`,
+//! `SERVER_FULL`, `IP_LIMIT`, ...) are retried; final ones (`UNAUTHORIZED`,
+//! `BANNED`, `REPLACED`, ...) are returned: [`ClientError::is_transient`]
+//! decides, and documents why for each code.
+//!
+//! ```no_run
+//! # async fn game(endpoint: quinn::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
+//! use futures_util::StreamExt;
+//! use metaserve_tokio::{BrowseOptions, BrowserEvent, PublishOptions, ReconnectEvent};
+//!
+//! // `endpoint` from `client_endpoint`, trusting the meta server (see `tls`).
+//! let meta = metaserve_tokio::reconnect(endpoint, "203.0.113.7:27950".parse()?, "master.example.net")
+//!     .on_retry(|retry| eprintln!("meta server lost ({}): reconnecting in {:?}", retry.error, retry.delay));
+//!
+//! // A game server: publishes until the heartbeat stream ends, then says Goodbye.
+//! let heartbeats = futures_util::stream::iter(["map=q3dm17;players=3".into()]).chain(futures_util::stream::pending());
+//! tokio::spawn({
+//!     let meta = meta.clone();
+//!     async move { meta.publish(PublishOptions::new("quake3"), heartbeats).await }
+//! });
+//!
+//! // A game client: the live list, across reconnects.
+//! let mut list = meta.browse(BrowseOptions::new("quake3"));
+//! while let Some(event) = list.next().await {
+//!     match event? {
+//!         ReconnectEvent::Retrying(retry) => println!("reconnecting in {:?}…", retry.delay),
+//!         ReconnectEvent::Browser(BrowserEvent::Synced { .. }) => println!("{} servers", list.servers().len()),
+//!         _ => {}
+//!     }
+//! }
+//! list.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The `publisher` and `browser` examples run on these helpers.
+//!
 //! The driver loop lives in `metaserve-quinn` and is shared with
 //! `metaserve-async-std`; this crate passes it tokio's quinn runtime.
 
 #![forbid(unsafe_code)]
 
 pub use metaserve_quinn::{
-    browse, browse_with, tls, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent, ClientError, CodeCounts,
-    Counters, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo, PublishOptions, RegistryConfig, Resume, Server,
-    Stats, Traffic, Welcome, ALPN,
+    browse, browse_with, tls, udp_socket, Backoff, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent,
+    ClientError, CodeCounts, ConnectionLimits, Counters, Delays, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo,
+    PublishOptions, Reconnect, ReconnectEvent, ReconnectingBrowse, RegistryConfig, Resume, Retry, Server,
+    SocketBuffers, Stats, Traffic, Welcome, ALPN, UDP_BUFFER,
 };
 
 metaserve_quinn::bind_runtime!(

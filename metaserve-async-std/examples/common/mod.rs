@@ -14,19 +14,19 @@ use async_signal::{Signal, Signals};
 use async_std::net::ToSocketAddrs as _;
 use futures_util::StreamExt as _;
 
-pub(crate) use cli::{init_logging, MetaServerArgs};
+pub(crate) use cli::{init_logging, retry_line, MetaServerArgs};
 
 impl MetaServerArgs {
-    /// Resolves --server and connects to the meta server.
-    pub(crate) async fn connect(&self) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    /// Resolves --server: the meta server to (re)connect to.
+    pub(crate) async fn reconnect(&self) -> anyhow::Result<driver::Reconnect> {
         let server = self.server();
         let addr = server
             .to_socket_addrs()
             .await
-            .with_context(|| format!("connecting to {server}"))?
+            .with_context(|| format!("resolving {server}"))?
             .next()
             .with_context(|| format!("{server} has no address"))?;
-        self.connect_to(addr).await
+        self.reconnect_to(addr)
     }
 }
 

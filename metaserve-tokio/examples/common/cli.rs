@@ -43,27 +43,26 @@ pub(crate) struct MetaServerArgs {
 }
 
 impl MetaServerArgs {
-    /// The --server argument, HOST:PORT, to resolve with the runtime's DNS lookup.
+    /// The --server argument, HOST:PORT, to resolve with the runtime's DNS
+    /// lookup. Resolved once, at start: the reconnects go to that address.
     pub(crate) fn server(&self) -> &str {
         &self.server
     }
 
-    /// Connects to `addr`, the resolved --server, from a new endpoint. The
-    /// endpoint is returned too, so the caller can wait for a clean close
-    /// before exiting.
-    pub(crate) async fn connect_to(&self, addr: SocketAddr) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    /// The meta server at `addr`, the resolved --server, reached from a new
+    /// endpoint: connections to it are made (and remade, with backoff, when
+    /// one is lost) by the driver's reconnect helpers.
+    pub(crate) fn reconnect_to(&self, addr: SocketAddr) -> anyhow::Result<driver::Reconnect> {
         let config = match (self.fingerprint, &self.ca) {
             (Some(fingerprint), _) => tls::client_config_pinned(fingerprint)?,
             (None, Some(ca)) => tls::client_config_with_ca(ca).context("loading the --ca certificate")?,
             (None, None) => tls::client_config_with_system_roots()?,
         };
-        let context = || format!("connecting to {}", self.server);
         // Bind the same address family as the server's, so that both an IPv4
         // and an IPv6 meta server work without dual-stack socket settings.
         let any: IpAddr = if addr.is_ipv6() { [0u16; 8].into() } else { [0u8; 4].into() };
         let endpoint = driver::client_endpoint(SocketAddr::new(any, 0), config).context("binding a socket")?;
-        let connection = endpoint.connect(addr, &self.tls_name()).with_context(context)?.await.with_context(context)?;
-        Ok((endpoint, connection))
+        Ok(driver::reconnect(endpoint, addr, self.tls_name()))
     }
 
     fn tls_name(&self) -> String {
@@ -80,9 +79,18 @@ impl MetaServerArgs {
     }
 }
 
+/// The line the examples print when the meta server is lost (or not there
+/// yet) and the driver is about to try again.
+pub(crate) fn retry_line(retry: &driver::Retry) -> String {
+    format!("meta server lost ({}): reconnecting in {} ms", retry.error, retry.delay.as_millis())
+}
+
 /// Logs to stderr, filtered by `RUST_LOG`. By default only warnings, plus the
-/// driver's info lines (they include the address browsers see a publisher at).
+/// driver's info lines (they include the address browsers see a publisher at),
+/// minus the reconnect helper's warning per retry: the examples print their
+/// own line for each ([`retry_line`]).
 pub(crate) fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,metaserve_quinn=info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,metaserve_quinn=info,metaserve_quinn::reconnect=error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -9,17 +9,17 @@ mod cli;
 
 use anyhow::Context as _;
 
-pub(crate) use cli::{init_logging, MetaServerArgs};
+pub(crate) use cli::{init_logging, retry_line, MetaServerArgs};
 
 impl MetaServerArgs {
-    /// Resolves --server and connects to the meta server.
-    pub(crate) async fn connect(&self) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    /// Resolves --server: the meta server to (re)connect to.
+    pub(crate) async fn reconnect(&self) -> anyhow::Result<driver::Reconnect> {
         let server = self.server();
         let addr = tokio::net::lookup_host(server)
             .await
-            .with_context(|| format!("connecting to {server}"))?
+            .with_context(|| format!("resolving {server}"))?
             .next()
             .with_context(|| format!("{server} has no address"))?;
-        self.connect_to(addr).await
+        self.reconnect_to(addr)
     }
 }

@@ -7,23 +7,23 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::common::driver::Browse;
+use crate::common::driver::Server;
 
 /// The NAME, MAP and PLAYERS columns, and their widths.
 const COLUMNS: [(&str, usize); 3] = [("name", 24), ("map", 12), ("players", 7)];
 
-/// Writes the list as a table. `shown` remembers what the previous table
-/// showed (`None` before the first), to mark what changed since.
-pub(crate) fn draw_table(
+/// Writes the list (`servers`) as a table. `shown` remembers what the
+/// previous table showed (`None` before the first), to mark what changed since.
+pub(crate) fn draw_table<'a>(
     out: &mut Vec<u8>,
     namespace: &str,
     revision: u64,
-    list: &Browse,
+    servers: impl Iterator<Item = &'a Server>,
     shown: &mut Option<HashMap<SocketAddr, Bytes>>,
 ) -> std::io::Result<()> {
     let mut previous = shown.take();
     let mut current = HashMap::new();
-    let mut servers: Vec<_> = list.servers().collect();
+    let mut servers: Vec<_> = servers.collect();
     servers.sort_by_key(|server| server.address);
 
     let mut rows = Vec::new();
@@ -54,6 +54,46 @@ pub(crate) fn draw_table(
         writeln!(out, "\n* port declared by the game server; the others as the meta server sees them")?;
     }
     Ok(())
+}
+
+/// Follows the sessions of a reconnecting browse, to say how the list came
+/// back after the meta server was lost.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    lost: bool,
+    back: bool,
+    note: Option<String>,
+}
+
+impl Sessions {
+    /// The session failed; the driver retries.
+    pub(crate) fn lost(&mut self) {
+        self.lost = true;
+        self.note = None;
+    }
+
+    /// A session started (its Welcome arrived).
+    pub(crate) fn started(&mut self) {
+        self.back = std::mem::take(&mut self.lost);
+    }
+
+    /// At a Synced, the note for under its table. The first Synced after a
+    /// reconnect tells whether the session resumed (a batch of the changes
+    /// since) or the list was re-snapshotted (a restarted server cannot
+    /// resume: `Reset` and a full snapshot). Redrawn in place, the note stays
+    /// for the whole session; in a pipe it is printed once.
+    pub(crate) fn note(&mut self, revision: u64, snapshot: bool, redraw: bool) -> Option<&str> {
+        let fresh = std::mem::take(&mut self.back);
+        if fresh {
+            let how = if snapshot { "re-snapshotted" } else { "resumed" };
+            self.note = Some(format!("meta server back: {how} at revision {revision}"));
+        }
+        if fresh || redraw {
+            self.note.as_deref()
+        } else {
+            None
+        }
+    }
 }
 
 /// The NAME, MAP and PLAYERS cells, from a `key=value;...` heartbeat like
