@@ -49,6 +49,12 @@ fn daemon_flags(args: &RunArgs, update_interval: Duration, heartbeat_interval: D
     set("--heartbeat-interval", flag_duration(heartbeat_interval));
     set("--max-publishers-per-ip", args.publishers_per_endpoint.max(16).to_string());
     set("--max-browsers-per-ip", args.browsers_per_endpoint.max(64).to_string());
+    // Every endpoint is one simulated host, and all of them share loopback's
+    // networks: let a host's whole setup burst in, and any number of hosts.
+    let per_host = args.publishers_per_endpoint.max(args.browsers_per_endpoint).max(64).to_string();
+    set("--max-handshakes-per-ip", per_host.clone());
+    set("--max-connecting-per-ip", per_host);
+    set("--max-handshakes-per-network", "100000".to_owned());
     if args.size > 8 * 1024 {
         set("--max-blob-size", args.size.to_string());
     }
@@ -436,6 +442,8 @@ mod tests {
         assert!(joined.contains("--heartbeat-interval 500000us"), "{joined}");
         assert!(joined.contains("--max-publishers-per-ip 500"), "{joined}");
         assert!(joined.contains("--max-browsers-per-ip 64"), "{joined}");
+        assert!(joined.contains("--max-handshakes-per-ip 500"), "{joined}");
+        assert!(joined.contains("--max-connecting-per-ip 500"), "{joined}");
         assert!(joined.contains("--max-blob-size 10000"), "{joined}");
 
         let a = args(&["--daemon-arg=--update-interval=250ms", "--daemon-arg", "--entry-ttl=60s"]);

@@ -43,10 +43,13 @@ pub struct RegistryConfig {
     pub max_handshakes: usize,
     /// Connections from one IP address that have not yet sent Hello
     /// (`IP_LIMIT`), so that one host cannot hold the pending-handshake
-    /// table for everyone. Default 32.
+    /// table for everyone. Default 64: as many as the larger per-IP session
+    /// limit, so an honest host connecting all its sessions at once fits.
     pub max_handshakes_per_ip: usize,
     /// Connections from one network (an IPv4 /24 or an IPv6 /48) that have
-    /// not yet sent Hello (`IP_LIMIT`). Default 128.
+    /// not yet sent Hello (`IP_LIMIT`). Default 1,024: a tenth of
+    /// `max_handshakes`, so one network (a CGNAT, a university) may connect
+    /// many players at once while no network can hold the whole table.
     pub max_handshakes_per_network: usize,
     /// Namespaces with at least one publisher (`NAMESPACE_LIMIT`, refused
     /// to the publisher that would add one more). A namespace that only
@@ -80,8 +83,8 @@ impl Default for RegistryConfig {
             max_publishers: 100_000,
             max_browsers: 100_000,
             max_handshakes: 10_000,
-            max_handshakes_per_ip: 32,
-            max_handshakes_per_network: 128,
+            max_handshakes_per_ip: 64,
+            max_handshakes_per_network: 1_024,
             max_namespaces: 1_024,
             max_namespace_len: 64,
             max_tombstones: 10_000,

@@ -37,7 +37,8 @@ pub struct ConnectionLimits {
     /// state per handshake, the default 1,024 bounds them to about 20 MiB.
     pub max_connecting: usize,
     /// QUIC handshakes in progress from one IP address (IPv4-mapped IPv6
-    /// counts as IPv4), so that one host cannot take every slot. Default 32.
+    /// counts as IPv4), so that one host cannot take every slot. Default 64,
+    /// as many as the larger per-IP session limit.
     pub max_connecting_per_ip: usize,
     /// Above this many handshakes in progress, an attempt from an address
     /// that has not been validated gets a Retry first (one more round trip
@@ -48,7 +49,7 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits { max_connecting: 1024, max_connecting_per_ip: 32, validate_above: 64 }
+        ConnectionLimits { max_connecting: 1024, max_connecting_per_ip: 64, validate_above: 64 }
     }
 }
 
