@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+use crate::http::HttpConfig;
+
 /// The metaserve meta server: game servers publish heartbeats over QUIC,
 /// game clients receive the live list.
 ///
@@ -59,8 +61,17 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<NonZeroUsize>,
 
+    /// UDP receive and send buffer size to ask the kernel for, in bytes
+    /// [default: 4194304]. Linux caps it at net.core.rmem_max/wmem_max;
+    /// the daemon logs what it got
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) udp_buffer: Option<NonZeroUsize>,
+
     #[command(flatten)]
     pub(crate) limits: LimitFlags,
+
+    #[command(flatten)]
+    pub(crate) http_limits: HttpLimitFlags,
 }
 
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
@@ -116,6 +127,23 @@ pub(crate) struct LimitFlags {
     /// Connections that have not said Hello yet [default: 10000]
     #[arg(long, value_name = "N")]
     pub(crate) max_handshakes: Option<NonZeroUsize>,
+    /// Connections from one IP address that have not said Hello yet [default: 64]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_handshakes_per_ip: Option<NonZeroUsize>,
+    /// Connections from one IPv4 /24 or IPv6 /48 that have not said Hello yet [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_handshakes_per_network: Option<NonZeroUsize>,
+    /// QUIC handshakes in progress; more attempts are refused before any
+    /// TLS work [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connecting: Option<NonZeroUsize>,
+    /// QUIC handshakes in progress from one IP address [default: 64]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connecting_per_ip: Option<NonZeroUsize>,
+    /// Above this many QUIC handshakes in progress, clients must validate
+    /// their address with a Retry first; 0: always [default: 64]
+    #[arg(long, value_name = "N")]
+    pub(crate) validate_above: Option<usize>,
     /// Namespaces at once [default: 1024]
     #[arg(long, value_name = "N")]
     pub(crate) max_namespaces: Option<NonZeroUsize>,
@@ -128,4 +156,103 @@ pub(crate) struct LimitFlags {
     /// Longest publish token in bytes [default: 256]
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_token_len: Option<NonZeroUsize>,
+}
+
+/// The operator HTTP server's limits (they apply with `--http`); unset flags
+/// fall back to the config file's `[http_limits]` table (the flag's name
+/// without `--http-`, with underscores), then to the defaults. All take
+/// effect at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "HTTP limits")]
+pub(crate) struct HttpLimitFlags {
+    /// Threads of the HTTP server's own runtime, apart from the QUIC
+    /// runtime's, so that HTTP work never delays the QUIC path [default: 1]
+    // An explicit id: `threads` is the QUIC runtime's flag.
+    #[arg(id = "http_threads", long = "http-threads", value_name = "N")]
+    pub(crate) threads: Option<NonZeroUsize>,
+    /// Open HTTP connections in total; more are closed at once [default: 1024]
+    #[arg(long = "http-max-connections", value_name = "N")]
+    pub(crate) max_connections: Option<NonZeroUsize>,
+    /// Open HTTP connections from one IP address; more are closed at once
+    /// [default: 64]
+    #[arg(long = "http-max-connections-per-ip", value_name = "N")]
+    pub(crate) max_connections_per_ip: Option<NonZeroUsize>,
+    /// Time a client has to send a whole request head, counted from when the
+    /// connection opens or its previous response was sent: also how long an
+    /// idle keep-alive connection stays open [default: 10s]
+    #[arg(long = "http-header-timeout", value_name = "DURATION", value_parser = duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub(crate) header_timeout: Option<Duration>,
+    /// A connection on which no byte moves in either direction for this
+    /// long, while no request of it is being handled, is closed (a client
+    /// that stopped reading its response) [default: 30s]
+    #[arg(long = "http-idle-timeout", value_name = "DURATION", value_parser = duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Largest request head (request line and headers) in bytes, and the
+    /// most a connection buffers; at least 8192 [default: 16384]
+    #[arg(long = "http-max-request-head", value_name = "BYTES", value_parser = request_head)]
+    #[serde(deserialize_with = "de_request_head")]
+    pub(crate) max_request_head: Option<usize>,
+    /// Requests handled at once; more wait for a turn [default: 64]
+    #[arg(long = "http-max-concurrent-requests", value_name = "N")]
+    pub(crate) max_concurrent_requests: Option<NonZeroUsize>,
+}
+
+fn request_head(s: &str) -> Result<usize, String> {
+    let bytes: usize = s.parse().map_err(|e| format!("{e}: a number of bytes"))?;
+    if bytes < HttpConfig::MIN_REQUEST_HEAD {
+        return Err(format!("must be at least {} bytes (hyper's smallest buffer)", HttpConfig::MIN_REQUEST_HEAD));
+    }
+    Ok(bytes)
+}
+
+fn de_request_head<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<usize>, D::Error> {
+    let bytes = usize::deserialize(de)?;
+    request_head(&bytes.to_string()).map(Some).map_err(serde::de::Error::custom)
+}
+
+impl HttpLimitFlags {
+    /// The limits in force: these flags over `file`'s over the defaults.
+    pub(crate) fn resolve(&self, file: &HttpLimitFlags) -> HttpConfig {
+        let default = HttpConfig::default();
+        let count = |flag: Option<NonZeroUsize>, file: Option<NonZeroUsize>, default: usize| {
+            flag.or(file).map_or(default, NonZeroUsize::get)
+        };
+        HttpConfig {
+            threads: self.threads.or(file.threads).unwrap_or(default.threads),
+            max_connections: count(self.max_connections, file.max_connections, default.max_connections),
+            max_connections_per_ip: count(
+                self.max_connections_per_ip,
+                file.max_connections_per_ip,
+                default.max_connections_per_ip,
+            ),
+            header_timeout: self.header_timeout.or(file.header_timeout).unwrap_or(default.header_timeout),
+            idle_timeout: self.idle_timeout.or(file.idle_timeout).unwrap_or(default.idle_timeout),
+            max_request_head: self.max_request_head.or(file.max_request_head).unwrap_or(default.max_request_head),
+            max_concurrent_requests: count(
+                self.max_concurrent_requests,
+                file.max_concurrent_requests,
+                default.max_concurrent_requests,
+            ),
+        }
+    }
+
+    /// The config file's keys that differ between `self` and `other`, as
+    /// `http_limits.<key>` (what a reload reports as needing a restart).
+    pub(crate) fn changed(&self, other: &HttpLimitFlags) -> Vec<&'static str> {
+        [
+            ("http_limits.threads", self.threads != other.threads),
+            ("http_limits.max_connections", self.max_connections != other.max_connections),
+            ("http_limits.max_connections_per_ip", self.max_connections_per_ip != other.max_connections_per_ip),
+            ("http_limits.header_timeout", self.header_timeout != other.header_timeout),
+            ("http_limits.idle_timeout", self.idle_timeout != other.idle_timeout),
+            ("http_limits.max_request_head", self.max_request_head != other.max_request_head),
+            ("http_limits.max_concurrent_requests", self.max_concurrent_requests != other.max_concurrent_requests),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }

@@ -16,7 +16,7 @@ mod http;
 mod metrics;
 mod settings;
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -42,6 +42,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: in a log file or the
+        // journal they are noise (and NO_COLOR asks for none anywhere).
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let run = || -> anyhow::Result<()> {
         let settings = Settings::load(cli)?;
@@ -50,7 +53,26 @@ fn main() -> ExitCode {
             builder.worker_threads(threads.get());
         }
         let runtime = builder.enable_all().build().context("cannot start the async runtime")?;
-        runtime.block_on(serve(settings))
+        // The HTTP API gets threads of its own: its work (serializing lists,
+        // writing megabytes to many clients) never queues behind or ahead of
+        // the QUIC path's tasks.
+        let http_runtime = match settings.http {
+            Some(_) => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(settings.http_limits.threads.get())
+                    .thread_name("metaserve-http")
+                    .enable_all()
+                    .build()
+                    .context("cannot start the HTTP runtime")?,
+            ),
+            None => None,
+        };
+        let served = runtime.block_on(serve(settings, http_runtime.as_ref().map(|r| r.handle().clone())));
+        if let Some(http_runtime) = http_runtime {
+            // What outlived HTTP_SHUTDOWN_GRACE is dropped, not waited for.
+            http_runtime.shutdown_background();
+        }
+        served
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,17 +83,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, http_runtime: Option<tokio::runtime::Handle>) -> anyhow::Result<()> {
     let clock = http::Clock::now();
     let signal_streams = Signals::register();
     let (certs, key, dev) = match &settings.identity {
         Identity::Files { cert, key } => (tls::load_certs(cert)?, tls::load_key(key)?, None),
         Identity::Dev { write_to } => {
-            let dev = tls::DevCertificate::generate()?;
-            std::fs::write(write_to, &dev.cert_pem)
-                .with_context(|| format!("cannot write the development certificate to {}", write_to.display()))?;
+            let (dev, reused) = dev_identity(write_to)?;
             let (cert, key) = (dev.cert.clone(), dev.key.clone_key());
-            (vec![cert], key, Some(dev))
+            (vec![cert], key, Some((dev, reused)))
         }
     };
     let server_config =
@@ -83,14 +103,31 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
             Identity::Dev { .. } => "development certificate unusable".to_owned(),
         })?;
-    let endpoint = metaserve_tokio::server_endpoint(settings.listen, server_config)
+    let (socket, buffers) = metaserve_tokio::udp_socket(settings.listen, settings.udp_buffer)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    if buffers.is_capped() {
+        tracing::warn!(
+            requested = buffers.requested,
+            receive = buffers.receive,
+            send = buffers.send,
+            "the kernel granted smaller UDP buffers than asked for: bursts may overflow the receive queue \
+             (on Linux, raise net.core.rmem_max and net.core.wmem_max)"
+        );
+    } else {
+        tracing::debug!(receive = buffers.receive, send = buffers.send, "UDP socket buffers");
+    }
+    // The stateless-reset key follows the private key, so that a restarted
+    // daemon resets its predecessor's connections and their clients reconnect at once.
+    let endpoint = metaserve_tokio::server_endpoint_with(socket, tls::endpoint_config(&key), server_config)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = endpoint.local_addr().context("reading the bound address")?;
-    let http_listener = match settings.http {
-        Some(http) => Some(
-            tokio::net::TcpListener::bind(http).await.with_context(|| format!("cannot listen for HTTP on {http}"))?,
-        ),
-        None => None,
+    let http_listener = match (settings.http, &http_runtime) {
+        (Some(http), Some(runtime)) => {
+            // Bound on the HTTP runtime, whose reactor then drives it and every connection it accepts.
+            let bound = runtime.spawn(tokio::net::TcpListener::bind(http)).await.context("the HTTP runtime failed")?;
+            Some(bound.with_context(|| format!("cannot listen for HTTP on {http}"))?)
+        }
+        _ => None,
     };
 
     let server = MetaServer::new(settings.live.registry.clone());
@@ -107,17 +144,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let reloads = Arc::new(Reloads::default());
     let mut http_task = None;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(listener) = http_listener {
+    if let (Some(listener), Some(runtime)) = (http_listener, &http_runtime) {
         let http_addr = listener.local_addr().context("reading the bound HTTP address")?;
         writeln!(out, "{}{http_addr}", announce::HTTP)?;
-        tracing::info!(%http_addr, "HTTP API, metrics and status page at http://{http_addr}/");
+        let limits = settings.http_limits;
+        tracing::info!(
+            %http_addr,
+            threads = limits.threads.get(),
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
+            header_timeout = ?limits.header_timeout,
+            idle_timeout = ?limits.idle_timeout,
+            "HTTP API, metrics and status page at http://{http_addr}/"
+        );
         let state = http::Http::new(handle.clone(), clock, reloads.clone());
-        http_task = Some(tokio::spawn(http::serve(listener, state, async move {
+        http_task = Some(runtime.spawn(http::serve(listener, state, limits, async move {
             let _ = http_stopped.await;
         })));
     }
-    if let (Some(dev), Identity::Dev { write_to }) = (&dev, &settings.identity) {
-        print_dev_instructions(&mut out, addr, write_to, &dev.fingerprint)?;
+    if let (Some((dev, reused)), Identity::Dev { write_to }) = (&dev, &settings.identity) {
+        print_dev_instructions(&mut out, addr, write_to, *reused, &dev.fingerprint)?;
     }
     out.flush()?;
     drop(out);
@@ -136,8 +182,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(task) = http_task {
         let _ = stop_http.send(());
         match tokio::time::timeout(HTTP_SHUTDOWN_GRACE, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!("HTTP server failed: {e}"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
             Err(_) => tracing::warn!("HTTP requests still running after {HTTP_SHUTDOWN_GRACE:?}: dropped"),
         }
@@ -152,6 +197,7 @@ fn apply(handle: &MetaServerHandle, old: Option<&Live>, new: &Live) -> usize {
     if old.is_some_and(|old| old.registry != new.registry) {
         handle.set_config(new.registry.clone());
     }
+    handle.set_connection_limits(new.connections);
     if let Some(old) = old {
         for namespace in old.tokens.keys().filter(|ns| !new.tokens.contains_key(*ns)) {
             handle.set_publish_tokens::<&str>(namespace, []);
@@ -197,6 +243,17 @@ async fn signals(
                     for key in ignored {
                         tracing::warn!(key, "config reload: this key changed but only takes effect at a restart");
                     }
+                    if live.restricts() && !new.restricts() {
+                        reloads.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            bans = live.bans.len(),
+                            namespaces_with_tokens = live.tokens.values().filter(|t| !t.is_empty()).count(),
+                            "config reload rejected, the previous config stays in force: the file would lift every \
+                             ban and publish token at once, which a truncated file does; to run without any, \
+                             restart the daemon with it"
+                        );
+                        continue;
+                    }
                     if new.registry != live.registry {
                         if let Err(e) = transport(&new.registry) {
                             reloads.failed.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +261,7 @@ async fn signals(
                             continue;
                         }
                     }
+                    live.changes_to(&new).log();
                     let closed = apply(&handle, Some(&live), &new);
                     reloads.succeeded.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
@@ -225,15 +283,40 @@ async fn signals(
     handle.shutdown();
 }
 
+/// The development identity: the certificate and key of an earlier `--dev`
+/// run if both files are there and belong together, so that clients pinning
+/// its fingerprint keep working across restarts; otherwise a new pair,
+/// written to `cert` and its key file. Returns whether it was reused.
+fn dev_identity(cert: &std::path::Path) -> anyhow::Result<(tls::DevCertificate, bool)> {
+    let key = settings::dev_key_path(cert);
+    if cert.exists() && key.exists() {
+        match tls::DevCertificate::load(cert, &key) {
+            Ok(dev) => return Ok((dev, true)),
+            Err(e) => tracing::warn!("cannot reuse the development certificate: {e}; generating a new one"),
+        }
+    }
+    let dev = tls::DevCertificate::generate()?;
+    dev.write(cert, &key).with_context(|| {
+        format!("cannot write the development certificate to {} and {}", cert.display(), key.display())
+    })?;
+    Ok((dev, false))
+}
+
 fn print_dev_instructions(
     out: &mut impl Write,
     addr: SocketAddr,
     cert: &std::path::Path,
+    reused: bool,
     fingerprint: &tls::Fingerprint,
 ) -> std::io::Result<()> {
     // Clients on this machine reach a wildcard listener through loopback.
     let target = if addr.ip().is_unspecified() { SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())) } else { addr };
-    writeln!(out, "development certificate written to {}", cert.display())?;
+    let key = settings::dev_key_path(cert);
+    if reused {
+        writeln!(out, "development certificate reused from {} (key {})", cert.display(), key.display())?;
+    } else {
+        writeln!(out, "development certificate written to {} (key {})", cert.display(), key.display())?;
+    }
     writeln!(out, "{}{fingerprint}", announce::FINGERPRINT)?;
     writeln!(out, "connect the examples with:")?;
     for example in ["publisher", "browser"] {

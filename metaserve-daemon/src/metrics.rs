@@ -23,6 +23,40 @@ pub(crate) struct Reloads {
     pub(crate) failed: AtomicU64,
 }
 
+/// The HTTP server's own counts, for the `metaserve_http_*` metrics.
+#[derive(Debug, Default)]
+pub(crate) struct HttpStats {
+    /// Open connections (a gauge).
+    pub(crate) open: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused_total: AtomicU64,
+    pub(crate) refused_per_ip: AtomicU64,
+    pub(crate) header_timeouts: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) list_builds: AtomicU64,
+}
+
+impl HttpStats {
+    pub(crate) fn opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self, per_ip: bool) {
+        let counter = if per_ip { &self.refused_per_ip } else { &self.refused_total };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn list_built(&self) {
+        self.list_builds.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Every metric's name and help text. Counters end in `_total`.
 pub(crate) const METRICS: &[(&str, &str)] = &[
     ("metaserve_build_info", "Always 1; the version label names the running build."),
@@ -35,7 +69,14 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
     ("metaserve_registry_revision", "Newest revision handed out by the registry."),
     ("metaserve_bans_active", "Bans in force now."),
     ("metaserve_connections_total", "QUIC connections that completed their handshake."),
-    ("metaserve_handshakes_failed_total", "Incoming connections whose QUIC handshake failed."),
+    ("metaserve_handshakes_failed_total", "Incoming connections whose QUIC handshake failed (or timed out)."),
+    ("metaserve_quic_handshakes_in_progress", "QUIC handshakes in progress (bounded by max_connecting)."),
+    (
+        "metaserve_quic_attempts_total",
+        "QUIC connection attempts decided before any TLS work, by outcome: refused (over max_connecting or \
+         max_connecting_per_ip) or retry (asked to validate its address).",
+    ),
+    ("metaserve_quic_handshakes_timed_out_total", "QUIC handshakes not completed within the handshake timeout."),
     ("metaserve_sessions_accepted_total", "Hellos accepted, by role."),
     (
         "metaserve_heartbeats_accepted_total",
@@ -56,6 +97,23 @@ pub(crate) const METRICS: &[(&str, &str)] = &[
     ("metaserve_fanout_entries_sent_total", "Upsert and Remove frames sent to browsers (snapshots and deltas)."),
     ("metaserve_browser_resets_total", "Reset frames sent to browsers."),
     ("metaserve_config_reloads_total", "SIGHUP reloads of the config file, by result."),
+    ("metaserve_http_connections", "Open HTTP connections."),
+    ("metaserve_http_connections_accepted_total", "HTTP connections accepted within the connection limits."),
+    (
+        "metaserve_http_connections_refused_total",
+        "HTTP connections closed as soon as accepted, by the limit they were over: max_connections or \
+         max_connections_per_ip.",
+    ),
+    (
+        "metaserve_http_connections_dropped_total",
+        "HTTP connections the daemon closed, by reason: header_timeout (no whole request head in time), \
+         idle_timeout (nothing moved in time), request_too_large (request head over max_request_head).",
+    ),
+    (
+        "metaserve_http_list_builds_total",
+        "Namespace lists serialized to JSON for GET /v1/namespaces/{ns}/servers (at most one per namespace \
+         per second; other requests share them).",
+    ),
     ("process_cpu_seconds_total", "User and system CPU time spent, in seconds."),
     ("process_resident_memory_bytes", "Resident memory size, in bytes."),
     ("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds."),
@@ -71,7 +129,7 @@ fn reason(code: ErrorCode) -> String {
 }
 
 /// The exposition text, read from `server` now.
-pub(crate) fn render(server: &MetaServerHandle, clock: &Clock, reloads: &Reloads) -> String {
+pub(crate) fn render(server: &MetaServerHandle, clock: &Clock, reloads: &Reloads, http: &HttpStats) -> String {
     let stats = server.stats();
     let counters = server.counters();
     let traffic = server.traffic();
@@ -104,6 +162,10 @@ pub(crate) fn render(server: &MetaServerHandle, clock: &Clock, reloads: &Reloads
 
         counter!("metaserve_connections_total").absolute(traffic.connections);
         counter!("metaserve_handshakes_failed_total").absolute(traffic.handshakes_failed);
+        gauge!("metaserve_quic_handshakes_in_progress").set(traffic.handshakes_in_progress as f64);
+        counter!("metaserve_quic_attempts_total", "outcome" => "refused").absolute(traffic.attempts_refused);
+        counter!("metaserve_quic_attempts_total", "outcome" => "retry").absolute(traffic.retries);
+        counter!("metaserve_quic_handshakes_timed_out_total").absolute(traffic.handshakes_timed_out);
         counter!("metaserve_sessions_accepted_total", "role" => "publisher").absolute(counters.publishers_accepted);
         counter!("metaserve_sessions_accepted_total", "role" => "browser").absolute(counters.browsers_accepted);
         counter!("metaserve_heartbeats_accepted_total", "outcome" => "applied").absolute(stats.heartbeats_applied);
@@ -136,6 +198,21 @@ pub(crate) fn render(server: &MetaServerHandle, clock: &Clock, reloads: &Reloads
             .absolute(reloads.succeeded.load(Ordering::Relaxed));
         counter!("metaserve_config_reloads_total", "result" => "failure")
             .absolute(reloads.failed.load(Ordering::Relaxed));
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        gauge!("metaserve_http_connections").set(load(&http.open) as f64);
+        counter!("metaserve_http_connections_accepted_total").absolute(load(&http.accepted));
+        for (reason, n) in [("max_connections", &http.refused_total), ("max_connections_per_ip", &http.refused_per_ip)]
+        {
+            counter!("metaserve_http_connections_refused_total", "reason" => reason).absolute(load(n));
+        }
+        for (reason, n) in [
+            ("header_timeout", &http.header_timeouts),
+            ("idle_timeout", &http.idle_timeouts),
+            ("request_too_large", &http.too_large),
+        ] {
+            counter!("metaserve_http_connections_dropped_total", "reason" => reason).absolute(load(n));
+        }
+        counter!("metaserve_http_list_builds_total").absolute(load(&http.list_builds));
 
         let process = process::read();
         if let Some(cpu) = process.cpu_seconds {

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use metaserve_tokio::{Ban, BanTarget, RegistryConfig};
+use metaserve_tokio::{Ban, BanTarget, ConnectionLimits, RegistryConfig};
 use serde::{Deserialize, Deserializer};
 
-use crate::cli::{Cli, LimitFlags};
+use crate::cli::{Cli, HttpLimitFlags, LimitFlags};
+use crate::http::HttpConfig;
 
 /// The `--config` file. Every key is optional; unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -22,7 +23,9 @@ struct FileConfig {
     key: Option<PathBuf>,
     http: Option<SocketAddr>,
     threads: Option<NonZeroUsize>,
+    udp_buffer: Option<NonZeroUsize>,
     limits: LimitFlags,
+    http_limits: HttpLimitFlags,
     namespaces: BTreeMap<String, NamespaceConfig>,
     bans: Vec<BanConfig>,
 }
@@ -111,8 +114,79 @@ pub(crate) enum Identity {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Live {
     pub(crate) registry: RegistryConfig,
+    pub(crate) connections: ConnectionLimits,
     pub(crate) tokens: BTreeMap<String, Vec<String>>,
     pub(crate) bans: Vec<BanSetting>,
+}
+
+impl Live {
+    /// Whether any access control is in force: a ban, or a namespace that
+    /// requires a publish token.
+    pub(crate) fn restricts(&self) -> bool {
+        !self.bans.is_empty() || self.tokens.values().any(|tokens| !tokens.is_empty())
+    }
+
+    /// What putting `new` in force changes in access control, for the log.
+    pub(crate) fn changes_to(&self, new: &Live) -> AccessChanges {
+        let mut changes = AccessChanges::default();
+        for ban in &new.bans {
+            if !self.bans.contains(ban) {
+                changes.bans_added.push(ban.clone());
+            }
+        }
+        for ban in &self.bans {
+            if !new.bans.contains(ban) {
+                changes.bans_lifted.push(ban.clone());
+            }
+        }
+        let namespaces: std::collections::BTreeSet<&String> = self.tokens.keys().chain(new.tokens.keys()).collect();
+        for namespace in namespaces {
+            let empty = Vec::new();
+            let old = self.tokens.get(namespace).unwrap_or(&empty);
+            let now = new.tokens.get(namespace).unwrap_or(&empty);
+            match (old.is_empty(), now.is_empty()) {
+                (true, false) => changes.tokens_required.push(namespace.clone()),
+                (false, true) => changes.tokens_lifted.push(namespace.clone()),
+                (false, false) if old != now => changes.tokens_changed.push(namespace.clone()),
+                _ => {}
+            }
+        }
+        changes
+    }
+}
+
+/// The access-control difference between two [`Live`] settings.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct AccessChanges {
+    pub(crate) bans_added: Vec<BanSetting>,
+    pub(crate) bans_lifted: Vec<BanSetting>,
+    /// Namespaces that now require a publish token.
+    pub(crate) tokens_required: Vec<String>,
+    /// Namespaces that no longer do: anyone may publish there.
+    pub(crate) tokens_lifted: Vec<String>,
+    /// Namespaces whose set of accepted tokens changed.
+    pub(crate) tokens_changed: Vec<String>,
+}
+
+impl AccessChanges {
+    /// Logs each change: those that widen access as warnings.
+    pub(crate) fn log(&self) {
+        for ban in &self.bans_added {
+            tracing::info!(address = %ban.target, reason = %ban.reason, "reload: ban added");
+        }
+        for ban in &self.bans_lifted {
+            tracing::warn!(address = %ban.target, reason = %ban.reason, "reload: ban lifted");
+        }
+        for namespace in &self.tokens_required {
+            tracing::info!(%namespace, "reload: publish token now required");
+        }
+        for namespace in &self.tokens_lifted {
+            tracing::warn!(%namespace, "reload: publish token no longer required: anyone may publish");
+        }
+        for namespace in &self.tokens_changed {
+            tracing::info!(%namespace, "reload: publish tokens changed");
+        }
+    }
 }
 
 /// The file's keys that only take effect at start.
@@ -123,6 +197,8 @@ struct StartOnly {
     key: Option<PathBuf>,
     http: Option<SocketAddr>,
     threads: Option<NonZeroUsize>,
+    udp_buffer: Option<NonZeroUsize>,
+    http_limits: HttpLimitFlags,
 }
 
 impl StartOnly {
@@ -133,6 +209,8 @@ impl StartOnly {
             key: file.key.clone(),
             http: file.http,
             threads: file.threads,
+            udp_buffer: file.udp_buffer,
+            http_limits: file.http_limits.clone(),
         }
     }
 }
@@ -144,6 +222,10 @@ pub(crate) struct Settings {
     pub(crate) http: Option<SocketAddr>,
     /// Worker threads of the runtime; None: one per CPU.
     pub(crate) threads: Option<NonZeroUsize>,
+    /// UDP socket buffer size to ask for.
+    pub(crate) udp_buffer: usize,
+    /// The HTTP server's limits (with `http`).
+    pub(crate) http_limits: HttpConfig,
     pub(crate) live: Live,
     /// The config file, re-read on SIGHUP.
     pub(crate) config_path: Option<PathBuf>,
@@ -154,8 +236,29 @@ pub(crate) struct Settings {
 
 pub(crate) const DEFAULT_LISTEN: &str = "[::]:27950";
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+/// Where `--dev` keeps the private key of the certificate at `cert`: beside
+/// it, `<name>-key.pem` (`metaserve-dev-cert.pem` → `metaserve-dev-cert-key.pem`).
+pub(crate) fn dev_key_path(cert: &Path) -> PathBuf {
+    let stem = cert.file_stem().map_or_else(|| "metaserve-dev-cert".into(), |s| s.to_string_lossy().into_owned());
+    cert.with_file_name(format!("{stem}-key.pem"))
+}
+
+/// Whether the file is to be refused when it sets nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Empty {
+    Allowed,
+    Refused,
+}
+
+fn read_file(path: &Path, empty: Empty) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    // An empty file is valid TOML that sets nothing: on a reload it would lift
+    // every ban and publish token. It is far likelier a file caught mid-write
+    // (or emptied by mistake) than an operator's intent.
+    let blank = text.lines().all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
+    if blank && empty == Empty::Refused {
+        bail!("config file {} is empty (only blank lines and comments)", path.display());
+    }
     // toml's message names the line and column and quotes the offending text.
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
@@ -163,6 +266,7 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 /// The reloadable part of the settings: flags over the file over defaults.
 fn live(flags: &LimitFlags, file: FileConfig) -> anyhow::Result<Live> {
     let registry = registry_config(flags, &file.limits);
+    let connections = connection_limits(flags, &file.limits);
     let mut tokens = BTreeMap::new();
     for (namespace, ns) in file.namespaces {
         if namespace.is_empty() || namespace.len() > registry.max_namespace_len {
@@ -180,13 +284,13 @@ fn live(flags: &LimitFlags, file: FileConfig) -> anyhow::Result<Live> {
     }
     let bans =
         file.bans.into_iter().map(|b| BanSetting { target: b.address, reason: b.reason, expires: b.expires }).collect();
-    Ok(Live { registry, tokens, bans })
+    Ok(Live { registry, connections, tokens, bans })
 }
 
 impl Settings {
     pub(crate) fn load(cli: Cli) -> anyhow::Result<Settings> {
         let (file, base) = match &cli.config {
-            Some(path) => (read_file(path)?, path.parent().map(Path::to_owned).unwrap_or_default()),
+            Some(path) => (read_file(path, Empty::Allowed)?, path.parent().map(Path::to_owned).unwrap_or_default()),
             None => (FileConfig::default(), PathBuf::new()),
         };
         let start_only = StartOnly::of(&file);
@@ -209,8 +313,21 @@ impl Settings {
         let listen = cli.listen.or(file.listen).unwrap_or(default_listen);
         let http = cli.http.or(file.http);
         let threads = cli.threads.or(file.threads);
+        let udp_buffer = cli.udp_buffer.or(file.udp_buffer).map_or(metaserve_tokio::UDP_BUFFER, NonZeroUsize::get);
+        let http_limits = cli.http_limits.resolve(&file.http_limits);
         let live = live(&cli.limits, file)?;
-        Ok(Settings { listen, identity, http, threads, live, config_path: cli.config, flags: cli.limits, start_only })
+        Ok(Settings {
+            listen,
+            identity,
+            http,
+            threads,
+            udp_buffer,
+            http_limits,
+            live,
+            config_path: cli.config,
+            flags: cli.limits,
+            start_only,
+        })
     }
 
     /// Re-reads the config file (what SIGHUP does): the new tokens, bans and
@@ -219,7 +336,7 @@ impl Settings {
     /// changed.
     pub(crate) fn reload(&self) -> anyhow::Result<(Live, Vec<&'static str>)> {
         let Some(path) = &self.config_path else { bail!("no --config file to reload") };
-        let file = read_file(path)?;
+        let file = read_file(path, Empty::Refused)?;
         let now = StartOnly::of(&file);
         let mut ignored = Vec::new();
         let old = &self.start_only;
@@ -229,11 +346,13 @@ impl Settings {
             ("key", now.key != old.key),
             ("http", now.http != old.http),
             ("threads", now.threads != old.threads),
+            ("udp_buffer", now.udp_buffer != old.udp_buffer),
         ] {
             if changed {
                 ignored.push(key);
             }
         }
+        ignored.extend(old.http_limits.changed(&now.http_limits));
         Ok((live(&self.flags, file)?, ignored))
     }
 }
@@ -249,8 +368,24 @@ fn registry_config(flags: &LimitFlags, file: &LimitFlags) -> RegistryConfig {
     }
     pick!(heartbeat_interval, update_interval, entry_ttl, handshake_timeout, max_tombstones;
           max_blob_size, max_publishers_per_ip, max_browsers_per_ip, max_publishers, max_browsers,
-          max_handshakes, max_namespaces, max_namespace_len, max_token_len);
+          max_handshakes, max_handshakes_per_ip, max_handshakes_per_network, max_namespaces,
+          max_namespace_len, max_token_len);
     config
+}
+
+/// Flags win over the file, the file over the defaults.
+fn connection_limits(flags: &LimitFlags, file: &LimitFlags) -> ConnectionLimits {
+    let mut limits = ConnectionLimits::default();
+    if let Some(n) = flags.max_connecting.or(file.max_connecting) {
+        limits.max_connecting = n.get();
+    }
+    if let Some(n) = flags.max_connecting_per_ip.or(file.max_connecting_per_ip) {
+        limits.max_connecting_per_ip = n.get();
+    }
+    if let Some(n) = flags.validate_above.or(file.validate_above) {
+        limits.validate_above = n;
+    }
+    limits
 }
 
 #[cfg(test)]
@@ -318,6 +453,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("metaserve.example.toml");
         let settings = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap();
         assert_eq!(settings.live.registry, RegistryConfig::default());
+        assert_eq!(settings.live.connections, ConnectionLimits::default());
+        assert_eq!(settings.udp_buffer, metaserve_tokio::UDP_BUFFER);
+        assert_eq!(settings.http_limits, HttpConfig::default());
         assert_eq!(settings.listen, DEFAULT_LISTEN.parse().unwrap());
         assert!(settings.live.tokens.is_empty());
     }
@@ -400,10 +538,85 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_file_is_refused_on_reload_and_allowed_at_start() {
+        let path = write("empty", "[[bans]]\naddress = \"192.0.2.1\"\nreason = \"r\"\n");
+        let settings = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap();
+        for empty in ["", "\n  \n", "# everything commented out\n# [[bans]]\n"] {
+            std::fs::write(&path, empty).unwrap();
+            let err = format!("{:#}", settings.reload().unwrap_err());
+            assert!(err.contains("is empty"), "{empty:?}: {err}");
+            assert!(load(&["--dev", "--config", path.to_str().unwrap()]).is_ok(), "{empty:?} at start");
+        }
+    }
+
+    #[test]
+    fn access_changes_name_what_a_reload_widens_and_narrows() {
+        let path = write(
+            "changes",
+            "[namespaces.a]\ntokens = [\"x\"]\n[namespaces.b]\ntokens = [\"y\"]\n\
+             [[bans]]\naddress = \"192.0.2.1\"\nreason = \"r\"\n",
+        );
+        let old = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap().live;
+        assert!(old.restricts());
+        std::fs::write(
+            &path,
+            "[namespaces.b]\ntokens = [\"z\"]\n[namespaces.c]\ntokens = [\"w\"]\n\
+             [[bans]]\naddress = \"192.0.2.2\"\nreason = \"r\"\n",
+        )
+        .unwrap();
+        let new = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap().live;
+        let changes = old.changes_to(&new);
+        assert_eq!(changes.bans_added.iter().map(|b| b.target.to_string()).collect::<Vec<_>>(), ["192.0.2.2"]);
+        assert_eq!(changes.bans_lifted.iter().map(|b| b.target.to_string()).collect::<Vec<_>>(), ["192.0.2.1"]);
+        assert_eq!(changes.tokens_lifted, ["a"]);
+        assert_eq!(changes.tokens_changed, ["b"]);
+        assert_eq!(changes.tokens_required, ["c"]);
+        assert_eq!(new.changes_to(&new), AccessChanges::default());
+        std::fs::write(&path, "[limits]\nmax_blob_size = 100\n").unwrap();
+        let open = load(&["--dev", "--config", path.to_str().unwrap()]).unwrap().live;
+        assert!(!open.restricts(), "no ban and no token: the daemon refuses such a reload over one that restricts");
+    }
+
+    #[test]
+    fn dev_key_sits_beside_the_certificate() {
+        assert_eq!(dev_key_path(Path::new("metaserve-dev-cert.pem")), Path::new("metaserve-dev-cert-key.pem"));
+        assert_eq!(dev_key_path(Path::new("/tmp/x/cert.pem")), Path::new("/tmp/x/cert-key.pem"));
+    }
+
+    #[test]
     fn missing_certificate_is_explained() {
         let err = load(&[]).unwrap_err().to_string();
         assert!(err.contains("--dev"), "{err}");
         assert!(load(&["--cert", "c.pem"]).is_err());
         assert!(load(&["--dev", "--cert", "c.pem", "--key", "k.pem"]).is_err());
+    }
+
+    #[test]
+    fn http_limits_come_from_flags_then_the_file_and_need_a_restart() {
+        // The example file states every key of [http_limits].
+        let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("metaserve.example.toml"));
+        let example: FileConfig = toml::from_str(&example.unwrap()).unwrap();
+        assert_eq!(HttpLimitFlags::default().changed(&example.http_limits).len(), 7, "{:?}", example.http_limits);
+
+        let path = write(
+            "http_limits",
+            "[http_limits]\nmax_connections = 10\nheader_timeout = \"2s\"\nmax_request_head = 9000\n",
+        );
+        let settings = load(&["--dev", "--config", path.to_str().unwrap(), "--http-max-connections", "20"]).unwrap();
+        let limits = settings.http_limits;
+        assert_eq!(limits.max_connections, 20, "the flag wins");
+        assert_eq!(limits.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(limits.max_request_head, 9000);
+        assert_eq!(limits.max_connections_per_ip, HttpConfig::default().max_connections_per_ip);
+
+        // Below hyper's smallest buffer: refused, naming the line.
+        assert!(load(&["--dev", "--http-max-request-head", "8191"]).is_err());
+        let small = write("http_small", "[http_limits]\nmax_request_head = 100\n");
+        let err = format!("{:#}", load(&["--dev", "--config", small.to_str().unwrap()]).unwrap_err());
+        assert!(err.contains("line 2") && err.contains("8192"), "{err}");
+
+        std::fs::write(&path, "[http_limits]\nmax_connections = 10\nidle_timeout = \"5s\"\n").unwrap();
+        let (_, ignored) = settings.reload().unwrap();
+        assert_eq!(ignored, ["http_limits.header_timeout", "http_limits.idle_timeout", "http_limits.max_request_head"]);
     }
 }

@@ -91,6 +91,64 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     status: Option<ExitStatus>,
     http: Option<SocketAddr>,
+    /// The arguments after the harness's own, for a restart.
+    args: Vec<String>,
+    with_config: bool,
+}
+
+/// A started daemon process and what it announced.
+struct Launched {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    fingerprint: Fingerprint,
+    http: Option<SocketAddr>,
+}
+
+/// Starts the daemon in `dir` (its development certificate and key, its
+/// config file, its log, appended to) listening on `listen`.
+async fn launch(dir: &Path, listen: &str, args: &[String], with_config: bool) -> Launched {
+    let log = dir.join("daemon.log");
+    let log_file = std::fs::File::options().create(true).append(true).open(&log).expect("cannot create the daemon log");
+    let mut command = Command::new(daemon_binary());
+    command.arg("--listen").arg(listen).arg("--dev").arg("--dev-cert").arg(dir.join("cert.pem"));
+    if with_config {
+        command.arg("--config").arg(dir.join("metaserve.toml"));
+    }
+    let filter = std::env::var("METASERVE_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+    command
+        .args(args)
+        .env("RUST_LOG", filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("cannot start metaserve-daemon");
+    let pid = child.id().expect("the daemon has a pid");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let mut announcement = Announcement::default();
+    let announced = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(done) = announcement.read_line(&line) {
+                return Some(done);
+            }
+        }
+        None
+    })
+    .await;
+    let Ok(Some((addr, fingerprint))) = announced else {
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(WAIT, child.wait()).await;
+        panic!(
+            "the daemon did not announce its address and fingerprint ({}):\n{}",
+            if announced.is_err() { "timed out" } else { "stdout ended" },
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    // Keep draining stdout: the daemon must never block on (or fail
+    // writing to) a full or closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Launched { child, pid, addr, fingerprint, http: announcement.http }
 }
 
 impl Daemon {
@@ -104,50 +162,39 @@ impl Daemon {
     pub async fn start_with_config(args: &[&str], toml: Option<&str>) -> Daemon {
         let dir =
             tempfile::Builder::new().prefix("metaserve-e2e-").tempdir().expect("cannot create a temporary directory");
-        let log = dir.path().join("daemon.log");
-        let log_file = std::fs::File::create(&log).expect("cannot create the daemon log");
-        let mut command = Command::new(daemon_binary());
-        command.arg("--listen").arg("127.0.0.1:0").arg("--dev").arg("--dev-cert").arg(dir.path().join("cert.pem"));
         if let Some(toml) = toml {
-            let path = dir.path().join("metaserve.toml");
-            std::fs::write(&path, toml).expect("cannot write the config file");
-            command.arg("--config").arg(path);
+            std::fs::write(dir.path().join("metaserve.toml"), toml).expect("cannot write the config file");
         }
-        let filter = std::env::var("METASERVE_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
-        command
-            .args(args)
-            .env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("cannot start metaserve-daemon");
-        let pid = child.id().expect("the daemon has a pid");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut announcement = Announcement::default();
-        let announced = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(done) = announcement.read_line(&line) {
-                    return Some(done);
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some((addr, fingerprint))) = announced else {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(WAIT, child.wait()).await;
-            panic!(
-                "the daemon did not announce its address and fingerprint ({}):\n{}",
-                if announced.is_err() { "timed out" } else { "stdout ended" },
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        // Keep draining stdout: the daemon must never block on (or fail
-        // writing to) a full or closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let client_config = metaserve_tokio::tls::client_config_pinned(fingerprint).expect("client config");
-        Daemon { child, pid, addr, fingerprint, client_config, log, dir, status: None, http: announcement.http }
+        let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+        let launched = launch(dir.path(), "127.0.0.1:0", &args, toml.is_some()).await;
+        let client_config = metaserve_tokio::tls::client_config_pinned(launched.fingerprint).expect("client config");
+        Daemon {
+            child: launched.child,
+            pid: launched.pid,
+            addr: launched.addr,
+            fingerprint: launched.fingerprint,
+            client_config,
+            log: dir.path().join("daemon.log"),
+            dir,
+            status: None,
+            http: launched.http,
+            args,
+            with_config: toml.is_some(),
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and starts it again
+    /// on the same port with the same arguments, development certificate
+    /// and config file; its log continues in the same file.
+    pub async fn kill_and_restart(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.start_kill();
+            within("the killed daemon to exit", WAIT, self.child.wait()).await.expect("waiting for the daemon");
+        }
+        let launched = launch(self.dir.path(), &self.addr.to_string(), &self.args, self.with_config).await;
+        assert_eq!(launched.addr, self.addr, "the restarted daemon listens where its predecessor did");
+        assert_eq!(launched.fingerprint, self.fingerprint, "--dev reuses its certificate across restarts");
+        (self.child, self.pid, self.http, self.status) = (launched.child, launched.pid, launched.http, None);
     }
 
     /// The address the daemon listens on.
@@ -595,5 +642,93 @@ impl Bystander {
         let what = format!("{what} (bystander {address} in {})", self.namespace);
         wait_synced(&mut self.list, &what, |l| l.server(&address).is_some_and(|s| s.blob == expected)).await;
         assert!(!self.publisher.is_finished(), "{what}: the bystander's publish ended");
+    }
+}
+
+/// A TCP connection to `addr` from `127.0.0.<host_n>` (any port): an HTTP
+/// client that may misbehave, as one simulated host.
+pub async fn tcp_from(host_n: u8, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("cannot create a TCP socket");
+    socket
+        .bind(SocketAddr::new(host(host_n), 0))
+        .unwrap_or_else(|e| panic!("cannot bind a TCP socket on 127.0.0.{host_n}: {e}"));
+    within("a TCP connection to the daemon", WAIT, socket.connect(addr)).await.expect("TCP connect to the daemon")
+}
+
+/// Reads `stream` until the daemon closes it (end of stream or reset);
+/// returns the bytes that arrived. Not bounded: wrap it in [`within`].
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// `GET path` on a new connection (`Connection: close`) from
+/// `127.0.0.<host_n>` to the HTTP address `addr`: the status code and the
+/// body, or `None` if the daemon closed the connection without answering.
+pub async fn http_get_from(host_n: u8, addr: SocketAddr, path: &str) -> Option<(u16, Vec<u8>)> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tcp_from(host_n, addr).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // A refused connection may be closed before the request is even written.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let response = within(&format!("GET {path}"), WAIT, read_until_closed(&mut stream)).await;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    Some((status, response[start..].to_vec()))
+}
+
+/// The value of the sample `name{labels}` (these labels, maybe among
+/// others) in the Prometheus text `text`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').map_or((series, ""), |(m, rest)| (m, rest));
+        let found: Vec<(&str, &str)> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        (metric == name && labels.iter().all(|label| found.contains(label))).then(|| value.parse().ok())?
+    })
+}
+
+impl Daemon {
+    /// The daemon's `/metrics` text, fetched from `127.0.0.<host_n>` on a
+    /// connection of its own (closed after it).
+    pub async fn http_metrics_from(&self, host_n: u8) -> String {
+        match http_get_from(host_n, self.http_addr(), "/metrics").await {
+            Some((200, body)) => String::from_utf8(body).expect("metrics are UTF-8"),
+            other => panic!("GET /metrics failed: {other:?}"),
+        }
+    }
+
+    /// Waits until `/metrics` (fetched from `127.0.0.<host_n>`) has the
+    /// sample `name{labels}` and `done` holds for its value; returns it.
+    pub async fn wait_metric(
+        &self,
+        host_n: u8,
+        name: &str,
+        labels: &[(&str, &str)],
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        within(&format!("metric {name}{labels:?}"), WAIT, async {
+            loop {
+                let text = self.http_metrics_from(host_n).await;
+                if let Some(value) = metric(&text, name, labels).filter(|v| done(*v)) {
+                    return value;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
     }
 }

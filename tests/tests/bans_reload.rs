@@ -189,3 +189,42 @@ fn humantime_rfc3339(at: SystemTime) -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
+
+/// SIGHUP with an empty file, or with one that would lift every ban and
+/// publish token at once (what a truncated file does), is rejected: the
+/// ban and the token stay in force. A reload that is applied logs what it
+/// changes in access, without the tokens themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_never_lifts_every_control_by_accident() {
+    let config = format!("{BASE}\n[[bans]]\naddress = \"127.0.0.4\"\nreason = \"aimbot\"\n");
+    let daemon = Daemon::start_with_config(&[], Some(&config)).await;
+    let (banned_host, anonymous_host) = (daemon.endpoint(4), daemon.endpoint(5));
+    for (what, toml) in [
+        ("an empty file", ""),
+        ("a file of comments", "# [[bans]]\n# address = \"127.0.0.4\"\n"),
+        ("a file that lifts every ban and token", "[limits]\nmax_blob_size = 1000\n"),
+    ] {
+        let log = reload(&daemon, toml, "config reload rejected").await;
+        let line = log.lines().rev().find(|l| l.contains("config reload rejected")).unwrap();
+        println!("{what}: {line}");
+        let mut banned = TestPublisher::start(&daemon, &banned_host, PublishOptions::new("game"), "x").await;
+        assert_rejected(banned.outcome().await, ErrorCode::BANNED);
+        let mut anonymous = TestPublisher::start(&daemon, &anonymous_host, PublishOptions::new("private"), "x").await;
+        assert_rejected(anonymous.outcome().await, ErrorCode::UNAUTHORIZED);
+    }
+    let changed = "[namespaces.other]\ntokens = [\"t\"]\n[[bans]]\naddress = \"127.0.0.6\"\nreason = \"r\"\n";
+    let log = reload(&daemon, changed, "config reloaded").await;
+    for change in [
+        "reload: ban added",
+        "reload: ban lifted",
+        "reload: publish token now required",
+        "reload: publish token no longer required",
+    ] {
+        assert!(log.contains(change), "the reload logs {change:?}:\n{log}");
+    }
+    assert!(!log.contains("old-token"), "tokens are never logged");
+    let unbanned = TestPublisher::start(&daemon, &banned_host, PublishOptions::new("game"), "back").await;
+    let watcher_endpoint = daemon.endpoint(7);
+    let (_watcher, mut watcher) = start_browser(&daemon, &watcher_endpoint, "game").await;
+    wait_synced(&mut watcher, "the unbanned publisher", |l| l.server(&unbanned.address).is_some()).await;
+}

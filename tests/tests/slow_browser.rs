@@ -92,6 +92,11 @@ async fn stalled_browsers_cost_bounded_memory_under_load() {
         "200ms",
         "--max-publishers-per-ip",
         "125",
+        // Each host connects its 125 publishers at once.
+        "--max-handshakes-per-ip",
+        "125",
+        "--max-connecting-per-ip",
+        "125",
     ])
     .await;
 

@@ -1,38 +1,39 @@
 //! The operator HTTP surface (`--http`): the live lists as JSON, Prometheus
 //! metrics, health and readiness probes, and a status page.
 //!
-//! Every handler reads the registry through the [`MetaServerHandle`], holding
-//! its lock only to copy out what it needs (counts, or the entries' cheap
-//! `Bytes` handles); serializing happens outside the lock. A namespace's list
-//! is cached per revision, so polling an unchanged list costs one lock and
-//! one hash lookup, and a conditional GET is answered with 304 before any
-//! list is copied.
+//! It runs on a runtime of its own (`[http_limits] threads`, one thread by
+//! default), so HTTP work never occupies the QUIC runtime's workers; the two
+//! meet only at the registry's lock. Every handler holds that lock just to
+//! copy out what it needs (counts, or the entries' cheap `Bytes` handles);
+//! serializing happens outside it. [`server`] accepts connections within
+//! their limits (counts, timeouts, request size); [`lists`] caches each
+//! namespace's serialized list so that downloads of a large, constantly
+//! changing list cost one serialization per second, not one per request.
 
-use std::collections::HashMap;
+mod lists;
+mod server;
+
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use base64::Engine as _;
-use metaserve_tokio::{EntryInfo, MetaServerHandle};
+use metaserve_tokio::MetaServerHandle;
 use serde::Serialize;
 
-use crate::metrics::{self, Reloads};
+pub(crate) use self::server::{serve, HttpConfig};
+use crate::metrics::{self, HttpStats, Reloads};
 
-/// How long clients and CDNs may cache the JSON lists.
+/// How long clients and CDNs may cache the JSON lists; also how old a list
+/// body may be when it is served (see [`lists`]).
 const CACHE_CONTROL: &str = "public, max-age=1";
 
-/// Namespaces whose serialized list is kept; the cache is emptied when full.
-const CACHED_LISTS: usize = 256;
-
-const STATUS_PAGE: &str = include_str!("status.html");
+const STATUS_PAGE: &str = include_str!("../status.html");
 
 /// Converts the registry's monotonic instants into wall-clock time with one
 /// anchor taken at start, so a given instant always maps to the same time
@@ -70,41 +71,28 @@ pub(crate) struct Http {
     pub(crate) server: MetaServerHandle,
     pub(crate) clock: Clock,
     pub(crate) reloads: Arc<Reloads>,
-    lists: Mutex<HashMap<String, CachedList>>,
-}
-
-#[derive(Debug, Clone)]
-struct CachedList {
-    etag: HeaderValue,
-    body: axum::body::Bytes,
+    pub(crate) stats: Arc<HttpStats>,
+    lists: lists::ListCache,
 }
 
 impl Http {
     pub(crate) fn new(server: MetaServerHandle, clock: Clock, reloads: Arc<Reloads>) -> Arc<Http> {
-        Arc::new(Http { server, clock, reloads, lists: Mutex::new(HashMap::new()) })
+        let (stats, lists) = (Arc::default(), lists::ListCache::default());
+        Arc::new(Http { server, clock, reloads, stats, lists })
     }
 }
 
-/// The routes, for `axum::serve`.
+/// The routes.
 pub(crate) fn router(http: Arc<Http>) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/v1/status", get(status))
         .route("/v1/namespaces", get(namespaces))
-        .route("/v1/namespaces/{namespace}/servers", get(servers))
+        .route("/v1/namespaces/{namespace}/servers", get(lists::servers))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(http)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    http: Arc<Http>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(http)).with_graceful_shutdown(shutdown).await
 }
 
 /// Whether `If-None-Match` lists `etag` (weak comparison, as RFC 9110 asks).
@@ -136,10 +124,6 @@ fn json_response(headers: &HeaderMap, etag: HeaderValue, body: axum::body::Bytes
 fn to_json(value: &impl Serialize) -> axum::body::Bytes {
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(value).unwrap_or_default().into()
-}
-
-fn unix_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Serialize)]
@@ -182,85 +166,6 @@ async fn namespaces(State(http): State<Arc<Http>>, headers: HeaderMap) -> Respon
 }
 
 #[derive(Serialize)]
-struct ServerJson {
-    address: SocketAddr,
-    /// True if the game server declared its port, false if it is the
-    /// port its connection came from.
-    port_declared: bool,
-    /// When this version of the entry was published (RFC 3339, UTC).
-    updated: String,
-    updated_unix_ms: u64,
-    revision: u64,
-    blob_base64: String,
-    /// The blob as text, if it is valid UTF-8; null otherwise.
-    blob_text: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ServersJson<'a> {
-    namespace: &'a str,
-    epoch: String,
-    /// The namespace's revision: the list equals the namespace at it.
-    revision: u64,
-    servers: Vec<ServerJson>,
-}
-
-fn server_json(clock: &Clock, entry: EntryInfo) -> ServerJson {
-    let updated = clock.wall(entry.changed);
-    ServerJson {
-        address: entry.address,
-        port_declared: entry.port_declared,
-        updated: humantime::format_rfc3339_millis(updated).to_string(),
-        updated_unix_ms: unix_millis(updated),
-        revision: entry.revision,
-        blob_base64: base64::engine::general_purpose::STANDARD.encode(&entry.blob),
-        blob_text: std::str::from_utf8(&entry.blob).ok().map(str::to_owned),
-    }
-}
-
-async fn servers(State(http): State<Arc<Http>>, Path(namespace): Path<String>, headers: HeaderMap) -> Response {
-    let epoch = http.server.epoch();
-    // The body is a function of (epoch, namespace revision): every change to
-    // an entry moves the namespace's revision, and times come from a fixed anchor.
-    let etag_for = |revision: Option<u64>| {
-        let tag = match revision {
-            Some(rev) => format!("\"{epoch:x}-{rev}\""),
-            None => format!("\"{epoch:x}-none\""),
-        };
-        HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"none\""))
-    };
-    let revision = http.server.namespace_revision(&namespace);
-    let etag = etag_for(revision);
-    if not_modified(&headers, &etag) {
-        return json_response(&headers, etag, axum::body::Bytes::new());
-    }
-    let cached = http.lists.lock().unwrap_or_else(PoisonError::into_inner).get(&namespace).cloned();
-    if let Some(cached) = cached.filter(|c| c.etag == etag) {
-        return json_response(&headers, cached.etag, cached.body);
-    }
-    let (revision, entries) = match http.server.entries(&namespace) {
-        Some((revision, entries)) => (Some(revision), entries),
-        None => (None, Vec::new()),
-    };
-    let etag = etag_for(revision);
-    let list = ServersJson {
-        namespace: &namespace,
-        epoch: format!("{epoch:x}"),
-        revision: revision.unwrap_or(0),
-        servers: entries.into_iter().map(|e| server_json(&http.clock, e)).collect(),
-    };
-    let body = to_json(&list);
-    if revision.is_some() {
-        let mut lists = http.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        if lists.len() >= CACHED_LISTS && !lists.contains_key(&namespace) {
-            lists.clear();
-        }
-        lists.insert(namespace, CachedList { etag: etag.clone(), body: body.clone() });
-    }
-    json_response(&headers, etag, body)
-}
-
-#[derive(Serialize)]
 struct StatusJson {
     version: &'static str,
     started: String,
@@ -295,7 +200,7 @@ async fn status(State(http): State<Arc<Http>>) -> Response {
 }
 
 async fn metrics_text(State(http): State<Arc<Http>>) -> Response {
-    let text = metrics::render(&http.server, &http.clock, &http.reloads);
+    let text = metrics::render(&http.server, &http.clock, &http.reloads, &http.stats);
     let mut response = Response::new(Body::from(text));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
