@@ -57,6 +57,25 @@ pub fn host(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
 
+/// Reports that `test` cannot run on this machine because `what` is
+/// missing (`install` says how to get it). Under CI (`CI` set) that fails
+/// the test: a green CI run must mean every test really ran. Elsewhere the
+/// test is to return without failing; this says so on stderr and, when
+/// `METASERVE_SKIPPED` names a file (as `scripts/test` sets it), adds a line
+/// there, which the script lists in its summary.
+pub fn cannot_run(test: &str, what: &str, install: &str) {
+    let line = format!("{test}: {what} is missing ({install})");
+    assert!(std::env::var_os("CI").is_none(), "cannot run under CI: {line}");
+    eprintln!("NOT RUN: {line}");
+    if let Some(path) = std::env::var_os("METASERVE_SKIPPED") {
+        use std::io::Write as _;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        if let Err(e) = file.and_then(|mut f| writeln!(f, "{line}")) {
+            eprintln!("cannot record the skipped test: {e}");
+        }
+    }
+}
+
 /// Where the daemon binary is: `$METASERVE_DAEMON`, or next to the test
 /// executables' directory (`target/<profile>/metaserve-daemon`).
 pub fn daemon_binary() -> PathBuf {

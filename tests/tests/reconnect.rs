@@ -150,13 +150,12 @@ impl Example {
 }
 
 #[tokio::test]
-async fn the_example_browser_is_back_within_3s_of_a_sigkill_and_restart() {
+async fn the_example_browser_is_back_soon_after_a_sigkill_and_restart() {
     let (Some(publisher), Some(browser)) = (example("publisher"), example("browser")) else {
-        // Under CI a test that cannot run is a failure, never a silent pass.
-        assert!(std::env::var_os("CI").is_none(), "the tokio examples are not built next to this test");
-        eprintln!(
-            "skipped: the tokio examples are not built next to this test \
-             (`cargo test --workspace` builds them, or `cargo build -p metaserve-tokio --examples`)"
+        metaserve_tests::cannot_run(
+            "the_example_browser_is_back_soon_after_a_sigkill_and_restart",
+            "the tokio example binaries",
+            "cargo test --workspace builds them, or cargo build -p metaserve-tokio --examples",
         );
         return;
     };
