@@ -487,6 +487,10 @@ impl World {
             let wrote = self.registry.poll_transmit(conn.handle, self.now, &mut buf);
             assert_eq!(wrote, !buf.is_empty());
             if !wrote {
+                // The final-frame contract: an ended session names its
+                // close once its final frames are taken, an open one never.
+                let close = self.registry.poll_close(conn.handle).map(|(c, r)| (c, r.to_owned()));
+                assert_eq!(close, conn.closed, "poll_close of a drained connection");
                 break;
             }
             produced = true;

@@ -249,6 +249,9 @@ impl Harness {
                     self.hit(code.name().unwrap_or("unknown code"));
                     closed.push((connection, code));
                     self.deliver_close(connection, code);
+                    // The final-frame contract: once the final frames are
+                    // taken, the registry names the close, as its event did.
+                    assert_eq!(self.registry.poll_close(connection), Some((code, reason.as_str())));
                     self.registry.remove(connection);
                 }
                 accepted @ Event::Accepted { .. } => self.accepted.push(accepted),

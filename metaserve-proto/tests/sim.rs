@@ -665,13 +665,15 @@ impl Sim {
                 Event::Accepted { connection, .. } => {
                     assert!(self.by_handle.contains_key(&connection), "Accepted for unknown {connection}");
                 }
-                Event::Closed { connection, code, .. } => {
+                Event::Closed { connection, code, reason } => {
                     let id =
                         *self.by_handle.get(&connection).unwrap_or_else(|| panic!("Closed for unknown {connection}"));
                     self.hit(code.name().unwrap_or("unknown code"));
-                    // Final bytes (the Reject), then the connection closes.
+                    // The final-frame contract: the final frames (a due Welcome, the
+                    // Reject), then the close the registry names.
                     let mut buf = Vec::new();
                     while self.registry.poll_transmit(connection, self.now, &mut buf) {}
+                    assert_eq!(self.registry.poll_close(connection), Some((code, reason.as_str())));
                     let conn = &mut self.conns[id];
                     conn.closed_with = Some(code);
                     if conn.client_open && !conn.cut {

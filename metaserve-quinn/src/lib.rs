@@ -53,5 +53,5 @@ pub use reconnect::{Backoff, Delays, Reconnect, ReconnectEvent, ReconnectingBrow
 #[cfg(feature = "driver")]
 pub use server::{
     client_endpoint, server_endpoint, server_endpoint_with, udp_socket, MetaServer, MetaServerHandle, SocketBuffers,
-    Traffic, UDP_BUFFER,
+    Traffic, CLOSE_LINGER, UDP_BUFFER,
 };

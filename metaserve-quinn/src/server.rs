@@ -28,10 +28,29 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 /// How long `serve` waits on shutdown for the peers to be told, at most.
 const SHUTDOWN_LINGER: Duration = Duration::from_secs(3);
 
+/// How long an ended session may take to deliver its final frames (a
+/// Welcome that was due, the Reject) before its connection is closed
+/// anyway: a peer that stops reading cannot hold a connection open with it.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// A connection with a session in the registry, as the driver tracks it.
+#[derive(Debug)]
+struct Conn {
+    connection: Connection,
+    /// Set once the connection's task has its session stream: a session
+    /// ended after that is closed by the task, after its final frames.
+    streaming: bool,
+    /// Wakes the connection's task when its session is ended from elsewhere
+    /// (a timeout, a ban, a takeover, shutdown).
+    waker: Option<std::task::Waker>,
+    /// The session ended: close with this code and reason by the deadline.
+    closing: Option<(Instant, ErrorCode, String)>,
+}
+
 #[derive(Debug)]
 struct State {
     registry: Registry,
-    connections: HashMap<ConnectionHandle, Connection>,
+    connections: HashMap<ConnectionHandle, Conn>,
     /// The driver's own counts; the byte counts are kept apart, in atomics.
     traffic: Traffic,
 }
@@ -99,22 +118,31 @@ fn close(connection: &Connection, code: ErrorCode, reason: &str) {
 }
 
 impl State {
-    /// Acts on the registry's events: logs them and closes connections.
+    /// Acts on the registry's events: logs them, and has ended sessions'
+    /// connections closed (see [`Event::Closed`] for the final-frame
+    /// contract): by their task, after the final frames, if they have a
+    /// stream; at once if not.
     fn drain_events(&mut self, logs: &LogThrottle) {
         while let Some(event) = self.registry.poll_event() {
             match event {
                 Event::Accepted { connection, role, namespace, address, resumed } => {
                     if logs.allow("session accepted", Instant::now()) {
-                        let peer = self.connections.get(&connection).map(Connection::remote_address);
+                        let peer = self.connections.get(&connection).map(|c| c.connection.remote_address());
                         tracing::info!(?peer, %role, %namespace, %address, resumed, "session accepted");
                     }
                 }
                 Event::Closed { connection, code, reason } => {
-                    if let Some(conn) = self.connections.get(&connection) {
-                        if logs.allow("closing connection", Instant::now()) {
-                            tracing::info!(peer = %conn.remote_address(), %code, %reason, "closing connection");
+                    let Some(conn) = self.connections.get_mut(&connection) else { continue };
+                    if logs.allow("closing connection", Instant::now()) {
+                        tracing::info!(peer = %conn.connection.remote_address(), %code, %reason, "closing connection");
+                    }
+                    if conn.streaming {
+                        conn.closing = Some((Instant::now() + CLOSE_LINGER, code, reason));
+                        if let Some(waker) = conn.waker.take() {
+                            waker.wake();
                         }
-                        close(conn, code, &reason);
+                    } else {
+                        close(&conn.connection, code, &reason);
                     }
                 }
             }
@@ -185,6 +213,13 @@ impl MetaServer {
             }
         }
         self.handle().shutdown();
+        // Each connection's task sends its session's final frames (the
+        // SHUTTING_DOWN Reject) and closes it, within CLOSE_LINGER.
+        let mut timer = Timer::new(&*self.runtime);
+        let linger = self.runtime.now() + SHUTDOWN_LINGER;
+        while !shared.lock().connections.is_empty() && self.runtime.now() < linger {
+            timer.sleep_until(self.runtime.now() + Duration::from_millis(20)).await;
+        }
         endpoint.close(
             VarInt::from_u64(ErrorCode::SHUTTING_DOWN.0).unwrap_or(VarInt::MAX),
             Error::ShuttingDown.to_string().as_bytes(),
@@ -192,7 +227,6 @@ impl MetaServer {
         // Let the CONNECTION_CLOSE frames go out, but no longer than this: a
         // client advertising a large ack delay could otherwise stretch the
         // draining period, and the exit with it, to minutes.
-        let mut timer = Timer::new(&*self.runtime);
         let _ = race(endpoint.wait_idle(), timer.sleep_until(self.runtime.now() + SHUTDOWN_LINGER)).await;
     }
 }
@@ -365,8 +399,12 @@ async fn run_timers(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) {
 /// How a connection's session ended, for the log.
 #[derive(Debug)]
 enum End {
-    /// The client finished its stream.
-    Finished,
+    /// The registry ended the session (its reason was logged then), and
+    /// the driver closed the connection after the final frames;
+    /// `finished` if it ended because the client finished its stream.
+    Closed {
+        finished: bool,
+    },
     /// The client opened a second stream.
     ExtraStream,
     Connection(ConnectionError),
@@ -407,7 +445,8 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
         state.traffic.connections += 1;
         match state.registry.accept(runtime.now(), peer) {
             Ok(handle) => {
-                state.connections.insert(handle, connection.clone());
+                let conn = Conn { connection: connection.clone(), streaming: false, waker: None, closing: None };
+                state.connections.insert(handle, conn);
                 handle
             }
             Err(e) => {
@@ -429,7 +468,7 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
         let traffic = &mut state.traffic;
         match &end {
             // Counted by the registry, which decided the close.
-            End::Finished => {}
+            End::Closed { .. } => {}
             End::ExtraStream => traffic.closed_by_server.add(ErrorCode::PROTOCOL_VIOLATION),
             // Closed by the registry (counted there) or by shutdown.
             End::Connection(ConnectionError::LocallyClosed) => {}
@@ -444,7 +483,7 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
     }
     match end {
         // Closed already, with the code the registry chose.
-        End::Finished => {}
+        End::Closed { .. } => {}
         End::ExtraStream => close(&connection, ErrorCode::PROTOCOL_VIOLATION, "a session uses exactly one stream"),
         End::Connection(_) | End::Stream(_) => {}
     }
@@ -452,7 +491,8 @@ async fn run_connection(shared: Arc<Shared>, runtime: Arc<dyn Runtime>, incoming
 
 fn log_end(peer: SocketAddr, end: &End) {
     match end {
-        End::Finished => tracing::info!(%peer, "disconnected: stream finished"),
+        End::Closed { finished: true } => tracing::info!(%peer, "disconnected: stream finished"),
+        End::Closed { finished: false } => tracing::debug!(%peer, "disconnected"),
         End::ExtraStream => {
             tracing::info!(%peer, code = %ErrorCode::PROTOCOL_VIOLATION, "disconnected: extra stream")
         }
@@ -469,7 +509,9 @@ fn log_end(peer: SocketAddr, end: &End) {
     }
 }
 
-/// Moves bytes between the connection's one stream and its session.
+/// Moves bytes between the connection's one stream and its session; once
+/// the registry ends the session, delivers its final frames and closes the
+/// connection (the contract of [`Event::Closed`]).
 async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, handle: ConnectionHandle) -> End {
     // If no stream ever comes, the registry's handshake timeout closes the
     // connection, which ends this wait.
@@ -477,48 +519,61 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
         Ok(streams) => streams,
         Err(e) => return End::Connection(e),
     };
+    let mut out = {
+        let mut state = shared.lock();
+        match state.connections.get_mut(&handle) {
+            Some(conn) => conn.streaming = true,
+            // Ended (and closed) while the stream was on its way.
+            None => return End::Closed { finished: false },
+        }
+        Outbox::new(state.registry.config().transmit_chunk)
+    };
     let mut extra_bi = pin!(connection.accept_bi());
     let mut extra_uni = pin!(connection.accept_uni());
     let mut timer = Timer::new(runtime);
-    let mut out = Outbox::new(shared.lock().registry.config().transmit_chunk);
     // Stream data is taken from quinn as it arrived, without a copy, and
     // with no read buffer per connection.
     let mut chunks: [Bytes; 4] = Default::default();
-    poll_fn(|cx| {
+    let mut finished = false;
+    let closing = poll_fn(|cx| {
         for _ in 0..BUDGET {
             if let Poll::Ready(result) = extra_bi.as_mut().poll(cx) {
-                return Poll::Ready(result.map_or_else(End::Connection, |_| End::ExtraStream));
+                return Poll::Ready(Err(result.map_or_else(End::Connection, |_| End::ExtraStream)));
             }
             if let Poll::Ready(result) = extra_uni.as_mut().poll(cx) {
-                return Poll::Ready(result.map_or_else(End::Connection, |_| End::ExtraStream));
+                return Poll::Ready(Err(result.map_or_else(End::Connection, |_| End::ExtraStream)));
             }
-            let read = pin!(recv.read_chunks(&mut chunks)).poll(cx);
+            // Nothing is read once the client finished its stream.
+            let read = if finished { Poll::Pending } else { pin!(recv.read_chunks(&mut chunks)).poll(cx) };
             let now = runtime.now();
             let mut progressed = false;
             // One lock per pass: input, the next output chunk, the next deadline.
-            let (has_output, next) = {
+            let (has_output, next, closing) = {
                 let mut state = shared.lock();
                 match read {
                     Poll::Ready(Ok(None)) => {
                         // The registry decides: a graceful end, or a stream cut
-                        // inside a frame; its Closed event closes the connection.
+                        // inside a frame; either way the session ends.
+                        finished = true;
                         let _ = state.registry.handle_finish(handle);
                         state.drain_events(&shared.logs);
-                        return Poll::Ready(End::Finished);
+                        progressed = true;
                     }
                     Poll::Ready(Ok(Some(n))) => {
                         for chunk in chunks.iter_mut().take(n) {
                             shared.bytes_received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                            // An error has closed the session in the registry and
-                            // queued the Closed event that closes the connection.
+                            // An error ends the session in the registry and
+                            // queues its Closed event.
                             let _ = state.registry.handle_input(handle, now, chunk);
                             *chunk = Bytes::new();
                         }
                         state.drain_events(&shared.logs);
                         progressed = true;
                     }
-                    Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
+                    Poll::Ready(Err(quinn::ReadError::ConnectionLost(e))) => {
+                        return Poll::Ready(Err(End::Connection(e)));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Stream(e.to_string()))),
                     Poll::Pending => {}
                 }
                 let has_output = out.refill(|b| {
@@ -526,19 +581,39 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
                     shared.bytes_sent.fetch_add(b.len() as u64, Ordering::Relaxed);
                     more
                 });
+                let final_frames_taken = state.registry.poll_close(handle).is_some();
+                let Some(conn) = state.connections.get_mut(&handle) else {
+                    return Poll::Ready(Err(End::Closed { finished }));
+                };
+                if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    conn.waker = Some(cx.waker().clone());
+                }
+                let closing = conn.closing.clone();
                 // A browser's update deadline only leads to more output: while
                 // output waits for the stream (whose writability wakes this
                 // task), a passed deadline is no progress. Counting it made a
                 // browser that stops reading spin this loop at full CPU.
-                let next = if has_output { None } else { state.registry.poll_connection_timeout(handle) };
-                (has_output, next)
+                let next = match &closing {
+                    Some((deadline, ..)) => Some(*deadline),
+                    None if has_output => None,
+                    None => state.registry.poll_connection_timeout(handle),
+                };
+                (has_output, next, closing.map(|c| (c, final_frames_taken)))
             };
             match out.poll_write(cx, &mut send) {
                 // Taken whole: the registry may have more.
                 Poll::Ready(Ok(())) => progressed |= has_output,
-                Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => return Poll::Ready(End::Connection(e)),
-                Poll::Ready(Err(e)) => return Poll::Ready(End::Stream(e.to_string())),
+                Poll::Ready(Err(quinn::WriteError::ConnectionLost(e))) => {
+                    return Poll::Ready(Err(End::Connection(e)));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Stream(e.to_string()))),
                 Poll::Pending => {}
+            }
+            if let Some(((deadline, code, reason), final_frames_taken)) = closing {
+                // Every final frame is with quinn, or the linger is over.
+                if (final_frames_taken && out.is_empty()) || now >= deadline {
+                    return Poll::Ready(Ok((deadline, code, reason)));
+                }
             }
             if timer.poll_at(cx, next).is_ready() {
                 progressed = true;
@@ -550,7 +625,17 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
         cx.waker().wake_by_ref();
         Poll::Pending
     })
-    .await
+    .await;
+    let (deadline, code, reason) = match closing {
+        Ok(closing) => closing,
+        Err(end) => return end,
+    };
+    // Finish the stream and wait (until the linger's deadline) for the peer
+    // to acknowledge all of it, so the close cannot overtake the final frames.
+    let _ = send.finish();
+    let _ = race(send.stopped(), timer.sleep_until(deadline)).await;
+    close(connection, code, &reason);
+    End::Closed { finished }
 }
 
 /// The UDP receive and send buffer sizes a meta server asks the kernel

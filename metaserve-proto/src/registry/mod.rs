@@ -66,9 +66,15 @@ pub enum Event {
         /// Whether a browser's resume request was honoured.
         resumed: bool,
     },
-    /// The registry closes this connection. The driver sends what
-    /// [`Registry::poll_transmit`] still yields (a Reject frame), closes the
-    /// QUIC connection with `code` and `reason`, then calls [`Registry::remove`].
+    /// The registry ended this connection's session. The driver follows
+    /// the final-frame contract: it sends what [`Registry::poll_transmit`]
+    /// still yields (a Welcome that was due, then the Reject of an error
+    /// close), finishes its sending half of the stream, waits — for a
+    /// bounded time — until the peer has acknowledged those bytes, and only
+    /// then closes the QUIC connection with `code` and `reason` (which
+    /// [`Registry::poll_close`] also returns once the final frames are
+    /// taken), and calls [`Registry::remove`]. A connection that never
+    /// opened its stream is closed at once.
     Closed {
         /// The connection.
         connection: ConnectionHandle,
@@ -183,9 +189,13 @@ enum State {
     Handshaking,
     Publisher(Publishing),
     Browser(Browsing),
-    /// Closed by the registry; the Reject frame, if any, is still to be sent.
+    /// Closed by the registry. `tail` holds the session's final frames,
+    /// still to be taken by `poll_transmit`: a Welcome that was due when the
+    /// session ended, then the Reject of an error close.
     Closing {
-        reject: Option<(ErrorCode, String)>,
+        tail: Vec<u8>,
+        code: ErrorCode,
+        reason: String,
     },
 }
 
@@ -732,12 +742,36 @@ impl Registry {
             Some(error) => (error.code(), error.to_string()),
             None => (ErrorCode::NO_ERROR, graceful_reason.to_owned()),
         };
-        let reject = error.is_some().then(|| (code, reason.clone()));
         self.counters.closed.add(code);
         if error.as_ref().is_some_and(counters::is_heartbeat_error) {
             self.counters.heartbeats_rejected.add(code);
         }
-        let state = std::mem::replace(&mut session.state, State::Closing { reject });
+        let state =
+            std::mem::replace(&mut session.state, State::Closing { tail: Vec::new(), code, reason: reason.clone() });
+        // A Welcome that was due goes out before the Reject: the session was
+        // accepted, then ended, and the client is told both, in that order.
+        let mut tail = Vec::new();
+        match &state {
+            State::Publisher(p) if p.welcome_pending => {
+                let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
+                let promised = Welcome {
+                    max_blob_size: p.max_blob_size as u64,
+                    entry_ttl: p.entry_ttl,
+                    ..welcome(&self.config, self.epoch, Some(info))
+                };
+                Frame::Welcome(promised).encode(&mut tail);
+            }
+            State::Browser(b) if b.welcome_pending => {
+                Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(&mut tail);
+            }
+            _ => {}
+        }
+        if error.is_some() {
+            Frame::Reject(Reject { code, reason: &reason }).encode(&mut tail);
+        }
+        if let State::Closing { tail: pending, .. } = &mut session.state {
+            *pending = tail;
+        }
         let ip = session.peer.ip();
         self.release(idx, ip, state);
         let connection = self.handle_at(idx);
@@ -839,12 +873,8 @@ impl Registry {
         let start = buf.len();
         let Some(session) = self.sessions.get_mut(idx) else { return false };
         match &mut session.state {
-            State::Handshaking | State::Closing { reject: None } => {}
-            State::Closing { reject } => {
-                if let Some((code, reason)) = reject.take() {
-                    Frame::Reject(Reject { code, reason: &reason }).encode(buf);
-                }
-            }
+            State::Handshaking => {}
+            State::Closing { tail, .. } => buf.append(tail),
             State::Publisher(p) => {
                 if std::mem::take(&mut p.welcome_pending) {
                     let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
@@ -901,6 +931,20 @@ impl Registry {
         let session = self.sessions.get(self.index_of(connection)?)?;
         match &session.state {
             State::Browser(b) => Some(b.next_flush),
+            _ => None,
+        }
+    }
+
+    /// Once this connection's session has ended and [`Registry::poll_transmit`]
+    /// has yielded its final frames: the code and reason to close the QUIC
+    /// connection with (see [`Event::Closed`] for the order of the driver's
+    /// steps). `None` while the session is open, or its final frames are
+    /// still to be taken, or the connection is unknown.
+    #[must_use]
+    pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
+        let session = self.sessions.get(self.index_of(connection)?)?;
+        match &session.state {
+            State::Closing { tail, code, reason } if tail.is_empty() => Some((*code, reason.as_str())),
             _ => None,
         }
     }
@@ -1024,7 +1068,7 @@ impl Registry {
     pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
         let session = self.sessions.get(self.index_of(connection)?)?;
         let reason = match &session.state {
-            State::Closing { reject: Some((_, reason)) } => reason.capacity(),
+            State::Closing { tail, reason, .. } => tail.capacity() + reason.capacity(),
             _ => 0,
         };
         Some(std::mem::size_of::<Session>() + session.decoder.allocated() + reason)

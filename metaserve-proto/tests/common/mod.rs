@@ -90,9 +90,14 @@ pub trait Client {
     fn input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error>;
     /// Drains the role's events and returns the code of a `Rejected` among them.
     fn rejection(&mut self) -> Option<(ErrorCode, String)>;
+    /// Whether a Welcome arrived.
+    fn welcomed(&self) -> bool;
 }
 
 impl Client for Publisher {
+    fn welcomed(&self) -> bool {
+        self.welcome().is_some()
+    }
     fn transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         self.poll_transmit(now, buf)
     }
@@ -112,6 +117,9 @@ impl Client for Publisher {
 }
 
 impl Client for Browser {
+    fn welcomed(&self) -> bool {
+        self.welcome().is_some()
+    }
     fn transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         self.poll_transmit(now, buf)
     }
