@@ -10,8 +10,11 @@
 //! - the list never holds more than `max_entries`;
 //! - Upsert and Remove events carry strictly rising revisions between
 //!   Resets, and Synced never goes back;
-//! - `resume_point` is the last Synced revision in the Welcome's epoch (none
-//!   for epoch 0, which a Hello cannot carry), the Hello carries it, and
+//! - `resume_point` is the last Synced revision in the Welcome's epoch —
+//!   before a resumed session's first Synced, the cursor it resumed from if
+//!   the Welcome is of the resume's epoch and no Reset came; none after a
+//!   Reset until the next Synced, and none for epoch 0, which a Hello cannot
+//!   carry — the Hello carries it, and
 //!   `is_synced` only follows a snapshot's Synced;
 //! - after Rejected or an input error the browser is closed, ignores input
 //!   and reports nothing; errors carry only a browser's codes;
@@ -87,6 +90,8 @@ struct Harness {
     /// Revision of the last Upsert/Remove event since the last Reset.
     last_change: u64,
     last_synced: Option<u64>,
+    /// Whether a Reset arrived in this session (the resumed cursor is void).
+    reset_seen: bool,
     snapshot_done: bool,
     closed: bool,
     /// The revision the next generated frame is relative to.
@@ -112,6 +117,7 @@ impl Harness {
             },
             last_change: 0,
             last_synced: None,
+            reset_seen: false,
             snapshot_done: resume.is_some(),
             closed: false,
             rev: h.map_or(0, |h| h.rev),
@@ -129,12 +135,16 @@ impl Harness {
         if self.browser.is_synced() {
             assert!(self.snapshot_done && !self.closed, "is_synced without a snapshot's Synced");
         }
-        if let (Some(w), Some(synced)) = (self.browser.welcome(), self.last_synced) {
-            if synced > 0 {
-                // Epoch 0 cannot be resumed: a Hello cannot carry it.
-                let expected = Some(Resume { epoch: w.epoch, cursor: synced }).filter(|r| r.epoch != 0);
-                assert_eq!(self.browser.resume_point(), expected);
-            }
+        if let Some(w) = self.browser.welcome() {
+            let cursor = match self.last_synced {
+                Some(synced) => Some(synced),
+                None if !self.reset_seen => self.resume.filter(|r| r.epoch == w.epoch).map(|r| r.cursor),
+                None => None,
+            };
+            // Epoch 0 cannot be resumed: a Hello cannot carry it.
+            let expected =
+                cursor.filter(|&c| c > 0).map(|cursor| Resume { epoch: w.epoch, cursor }).filter(|r| r.epoch != 0);
+            assert_eq!(self.browser.resume_point(), expected);
         }
     }
 
@@ -196,6 +206,8 @@ impl Harness {
                     BrowserEvent::Reset => {
                         self.model.clear();
                         self.last_change = 0;
+                        self.last_synced = None;
+                        self.reset_seen = true;
                         self.snapshot_done = false;
                     }
                     BrowserEvent::Rejected { .. } => {

@@ -140,14 +140,16 @@ pub struct Browser {
 impl Browser {
     /// A browser about to say Hello, with an empty list.
     pub fn new(config: BrowserConfig) -> Self {
+        let cursor = config.resume.map_or(0, |r| r.cursor);
         Browser {
             decoder: FrameDecoder::new(config.max_frame_size),
             config,
             phase: Phase::Start,
             welcome: None,
             servers: HashMap::new(),
-            last_rev: 0,
-            synced: 0,
+            // A resumed session's changes all lie above its cursor.
+            last_rev: cursor,
+            synced: cursor,
             in_snapshot: true,
             events: VecDeque::new(),
         }
@@ -167,16 +169,18 @@ impl Browser {
     }
 
     /// Where a reconnect resumes from: the registry epoch and the revision of
-    /// the last Synced. None before the first Synced, and None for an epoch
-    /// of 0: a Hello cannot carry it (0 means "no resume"), so the reconnect
-    /// starts from an empty list instead of keeping one the server will not
-    /// bring up to date.
+    /// the last Synced — in a resumed session, until its first Synced, the
+    /// cursor it resumed from, so a connection lost during the catch-up
+    /// resumes again. None before the first Synced of a fresh list (after a
+    /// Reset, or a Welcome of another epoch), and None for an epoch of 0: a
+    /// Hello cannot carry it (0 means "no resume"), so the reconnect starts
+    /// from an empty list instead of keeping one the server will not bring
+    /// up to date.
+    #[must_use]
     pub fn resume_point(&self) -> Option<Resume> {
-        let resume = self.config.resume;
         let point = match &self.welcome {
-            Some(w) if self.synced > 0 => Some(Resume { epoch: w.epoch, cursor: self.synced }),
-            Some(_) => None,
-            None => resume,
+            Some(w) => (self.synced > 0).then_some(Resume { epoch: w.epoch, cursor: self.synced }),
+            None => self.config.resume,
         };
         point.filter(|r| r.epoch != 0)
     }
@@ -274,6 +278,10 @@ impl Browser {
                 Ok(())
             }
             (Phase::Hello, Frame::Welcome(w)) => {
+                if self.config.resume.is_some_and(|r| r.epoch != w.epoch) {
+                    // Another epoch: the cursor means nothing here (a Reset follows).
+                    (self.last_rev, self.synced) = (0, 0);
+                }
                 self.phase = Phase::Accepted;
                 self.welcome = Some(w);
                 Ok(())
@@ -314,7 +322,7 @@ impl Browser {
             }
             (Phase::Accepted | Phase::Leaving, Frame::Reset) => {
                 self.servers.clear();
-                self.last_rev = 0;
+                (self.last_rev, self.synced) = (0, 0);
                 self.in_snapshot = true;
                 self.events.push_back(BrowserEvent::Reset);
                 Ok(())
@@ -336,5 +344,77 @@ impl Browser {
     /// them after each call.
     pub fn poll_event(&mut self) -> Option<BrowserEvent> {
         self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::frame::Upsert;
+
+    fn welcome(epoch: u64) -> Vec<u8> {
+        let mut wire = Vec::new();
+        Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            epoch,
+            max_blob_size: 8192,
+            heartbeat_interval: Duration::from_secs(1),
+            update_interval: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(30),
+            publisher: None,
+        })
+        .encode(&mut wire);
+        wire
+    }
+
+    fn upsert(revision: u64) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let address = SocketAddr::from(([192, 0, 2, 7], 27960));
+        Frame::Upsert(Upsert { revision, address, port_declared: false, blob: b"x" }).encode(&mut wire);
+        wire
+    }
+
+    fn resumed(epoch: u64, cursor: u64) -> Browser {
+        let resume = Some(Resume { epoch, cursor });
+        let mut browser = Browser::new(BrowserConfig { resume, ..BrowserConfig::new("q") });
+        assert!(browser.poll_transmit(Instant::now(), &mut Vec::new()));
+        browser
+    }
+
+    /// Between the Welcome and the first Synced of a resumed session, the
+    /// resume point is still the cursor it resumed from; changes must lie
+    /// above it.
+    #[test]
+    fn a_resumed_session_keeps_its_cursor_until_its_first_synced() {
+        let now = Instant::now();
+        let mut browser = resumed(99, 7);
+        browser.handle_input(now, &welcome(99)).unwrap();
+        assert_eq!(browser.resume_point(), Some(Resume { epoch: 99, cursor: 7 }));
+        browser.handle_input(now, &upsert(8)).unwrap();
+        assert_eq!(browser.resume_point(), Some(Resume { epoch: 99, cursor: 7 }));
+
+        let mut stale = resumed(99, 7);
+        stale.handle_input(now, &welcome(99)).unwrap();
+        let err = stale.handle_input(now, &upsert(7)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PROTOCOL_VIOLATION);
+    }
+
+    /// A Welcome of another epoch drops the cursor: no resume point until
+    /// the fresh snapshot's Synced, and revisions count from the Reset.
+    #[test]
+    fn another_epoch_starts_the_count_over() {
+        let now = Instant::now();
+        let mut browser = resumed(99, 7);
+        let mut wire = welcome(100);
+        Frame::Reset.encode(&mut wire);
+        wire.extend(upsert(1));
+        browser.handle_input(now, &wire).unwrap();
+        assert_eq!(browser.resume_point(), None);
+        let mut synced = Vec::new();
+        Frame::Synced { revision: 1 }.encode(&mut synced);
+        browser.handle_input(now, &synced).unwrap();
+        assert_eq!(browser.resume_point(), Some(Resume { epoch: 100, cursor: 1 }));
     }
 }

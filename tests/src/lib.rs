@@ -328,6 +328,12 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot bind a client endpoint on 127.0.0.{host_n}: {e}"))
     }
 
+    /// The client configuration that trusts this daemon (the reference
+    /// clients' transport settings), for tests that change them.
+    pub fn client_config(&self) -> quinn::ClientConfig {
+        self.client_config.clone()
+    }
+
     /// A QUIC connection to the daemon from `endpoint`.
     pub async fn connect(&self, endpoint: &Endpoint) -> Connection {
         let connecting = endpoint.connect(self.addr, "localhost").expect("connect");
