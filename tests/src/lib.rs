@@ -64,9 +64,14 @@ pub fn host(n: u8) -> IpAddr {
 /// `METASERVE_SKIPPED` names a file (as `scripts/test` sets it), adds a line
 /// there, which the script lists in its summary.
 pub fn cannot_run(test: &str, what: &str, install: &str) {
-    let line = format!("{test}: {what} is missing ({install})");
+    let line = format!("{test}: missing {what} ({install})");
     assert!(std::env::var_os("CI").is_none(), "cannot run under CI: {line}");
-    eprintln!("NOT RUN: {line}");
+    // Written to the process's stderr itself, not through eprintln!, which
+    // the test harness captures and hides for a test that passes.
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "\nNOT RUN: {line}");
+    }
     if let Some(path) = std::env::var_os("METASERVE_SKIPPED") {
         use std::io::Write as _;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
