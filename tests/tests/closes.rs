@@ -83,3 +83,74 @@ async fn shutdown_sends_every_session_its_reject() {
     assert_eq!(close_code(&client.connection).await, (ErrorCode::SHUTTING_DOWN, reason));
     assert!(daemon.terminate(WAIT).await.success());
 }
+
+/// Every way a client's own bytes can make the daemon end its session gets
+/// the same treatment: the final frames on the stream (a Welcome where the
+/// session had been accepted, then the Reject), the stream's end, then the
+/// close with the Reject's code and reason. A Goodbye gets no Reject: the
+/// stream ends and the close is NO_ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_close_carries_its_reject() {
+    let daemon = Daemon::start(&["--handshake-timeout", "1s"]).await;
+    let endpoint = daemon.endpoint(2);
+    let publisher = encode(&hello(Role::Publisher, "game", b""));
+    let browser = encode(&hello(Role::Browser, "game", b""));
+    let then = |first: &[u8], rest: &[u8]| [first, rest].concat();
+    // (what, bytes, whether the stream is then finished, the Welcome is due, the close code)
+    let cases: Vec<(&str, Vec<u8>, bool, bool, ErrorCode)> = vec![
+        ("Hello of version 2", vec![0x01, 0x03, 0x02, 0x05, 0x00], false, false, ErrorCode::UNSUPPORTED_VERSION),
+        ("Hello with role 5", vec![0x01, 0x02, 0x01, 0x05], false, false, ErrorCode::PROTOCOL_VIOLATION),
+        (
+            "Hello with an empty namespace",
+            encode(&hello(Role::Browser, "", b"")),
+            false,
+            false,
+            ErrorCode::INVALID_NAMESPACE,
+        ),
+        (
+            "Hello with a 300-byte token",
+            encode(&hello(Role::Publisher, "game", &[b't'; 300])),
+            false,
+            false,
+            ErrorCode::UNAUTHORIZED,
+        ),
+        ("Heartbeat before Hello", vec![0x04, 0x01, 0x00], false, false, ErrorCode::PROTOCOL_VIOLATION),
+        ("a 9000-byte frame header", vec![0x04, 0x63, 0x28], false, false, ErrorCode::FRAME_TOO_LARGE),
+        ("a Heartbeat from a browser", then(&browser, &[0x04, 0x01, 0x00]), false, true, ErrorCode::PROTOCOL_VIOLATION),
+        ("a second Hello", then(&publisher, &publisher), false, true, ErrorCode::PROTOCOL_VIOLATION),
+        (
+            "a stream finished inside a frame",
+            then(&publisher, &[0x04, 0x05, 0x03]),
+            true,
+            true,
+            ErrorCode::PROTOCOL_VIOLATION,
+        ),
+        ("half a Hello, then silence", publisher[..3].to_vec(), false, false, ErrorCode::HANDSHAKE_TIMEOUT),
+        ("Goodbye", then(&publisher, &[0x05, 0x00]), true, true, ErrorCode::NO_ERROR),
+    ];
+    let mut rejects = 0;
+    for (what, bytes, finish, welcome, code) in &cases {
+        let mut client = RawClient::connect(&daemon, &endpoint).await;
+        client.write(bytes).await;
+        if *finish {
+            client.send.finish().unwrap();
+        }
+        let frames = read_to_end(&mut client).await;
+        let (closed, reason) = close_code(&client.connection).await;
+        assert_eq!(closed, *code, "{what}: close code ({reason})");
+        if what.contains("inside a frame") {
+            // N counts the unfinished frame's bytes, its header's included.
+            assert_eq!(reason, "session stream ended inside a frame (3 bytes of it received)");
+        }
+        let mut expected = Vec::new();
+        if *welcome {
+            expected.push(Got::Welcome);
+        }
+        if *code != ErrorCode::NO_ERROR {
+            expected.push(Got::Reject(*code, reason.clone()));
+            rejects += 1;
+        }
+        assert_eq!(frames, expected, "{what}: frames before the close");
+    }
+    assert_eq!(rejects, cases.len() - 1);
+}
