@@ -12,6 +12,8 @@
 //!   heartbeat stream; [`wait_synced`] drives a browse until its list, at a
 //!   `Synced` point, satisfies a condition; [`RawClient`] speaks the wire
 //!   protocol by hand, for clients that misbehave.
+//! - [`nats::NatsServer`] starts a real `nats-server` with JetStream for
+//!   the cluster tests.
 //!
 //! The daemon binary is not built from here (cargo holds the build lock
 //! while tests run): `cargo build -p metaserve-daemon` first, or run
@@ -19,6 +21,8 @@
 //! Every wait is bounded by a timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+pub mod nats;
 
 use std::collections::BTreeMap;
 use std::future::Future;
