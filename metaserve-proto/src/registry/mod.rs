@@ -14,6 +14,7 @@ mod bans;
 mod counters;
 mod invariants;
 mod log;
+mod session;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -28,9 +29,10 @@ use slab::Slab;
 use crate::config::RegistryConfig;
 use crate::decoder::FrameDecoder;
 use crate::error::{Error, ErrorCode};
-use crate::frame::{Frame, Hello, PublisherInfo, Reject, Role, Welcome, PROTOCOL_VERSION};
+use crate::frame::{Frame, Hello, Reject, Role};
 use crate::{varint, Server};
 use log::{Cursor, Log, Upserted};
+use session::{Browsing, Publishing, Session, State};
 
 pub use bans::{Ban, BanTarget, BanTargetError};
 pub use counters::{CodeCounts, Counters};
@@ -158,57 +160,6 @@ struct Namespace {
     owners: HashMap<SocketAddr, usize>,
     publishers: usize,
     browsers: usize,
-}
-
-#[derive(Debug)]
-struct Publishing {
-    ns: usize,
-    id: u64,
-    key: SocketAddr,
-    port_declared: bool,
-    last_seen: Instant,
-    welcome_pending: bool,
-    /// The limits promised in this session's Welcome, kept across `set_config`.
-    max_blob_size: usize,
-    entry_ttl: Duration,
-}
-
-#[derive(Debug)]
-struct Browsing {
-    ns: usize,
-    cursor: Cursor,
-    welcome_pending: bool,
-    reset_pending: bool,
-    /// A batch of changes is being sent; it ends, with Synced, when the
-    /// cursor reaches the log's head.
-    flushing: bool,
-    next_flush: Instant,
-}
-
-#[derive(Debug)]
-enum State {
-    Handshaking,
-    Publisher(Publishing),
-    Browser(Browsing),
-    /// Closed by the registry. `tail` holds the session's final frames,
-    /// still to be taken by `poll_transmit`: a Welcome that was due when the
-    /// session ended, then the Reject of an error close.
-    Closing {
-        tail: Vec<u8>,
-        code: ErrorCode,
-        reason: String,
-    },
-}
-
-#[derive(Debug)]
-struct Session {
-    generation: u32,
-    peer: SocketAddr,
-    decoder: FrameDecoder,
-    /// The largest blob `decoder` takes, fixed at accept: a Welcome never
-    /// promises more, even if `set_config` raised the limit since.
-    max_blob_decodable: usize,
-    state: State,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -481,14 +432,7 @@ impl Registry {
         };
         let idx = entry.key();
         let max_frame = self.config.max_frame_size();
-        entry.insert(Session {
-            generation,
-            peer,
-            decoder: FrameDecoder::new(max_frame),
-            // A Heartbeat's payload is the blob and its varint length.
-            max_blob_decodable: max_frame.saturating_sub(varint::len(varint::MAX)),
-            state: State::Handshaking,
-        });
+        entry.insert(Session::new(generation, peer, max_frame));
         if let Some(at) = deadline(now, self.config.handshake_timeout) {
             self.timers.push(Reverse((at, idx, generation, TimerKind::Handshake)));
         }
@@ -516,7 +460,7 @@ impl Registry {
     pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
         let Some(idx) = self.index_of(connection) else { return Ok(()) };
         let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
-        if matches!(session.state, State::Closing { .. }) {
+        if session.is_closing() {
             return Ok(());
         }
         // The decoder is taken out so that frames can update the registry.
@@ -524,7 +468,7 @@ impl Registry {
         let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
         if let Some(session) = self.sessions.get_mut(idx) {
             session.decoder = decoder;
-            if result.is_err() && matches!(session.state, State::Closing { .. }) {
+            if result.is_err() && session.is_closing() {
                 // Closed by an earlier frame of this input (Goodbye): what
                 // follows is ignored, like any input for a closing connection.
                 return Ok(());
@@ -736,7 +680,7 @@ impl Registry {
     /// Like `close_session`, naming the reason of a graceful close.
     fn close_session_with(&mut self, idx: usize, error: Option<Error>, graceful_reason: &str) {
         let Some(session) = self.sessions.get_mut(idx) else { return };
-        if matches!(session.state, State::Closing { .. }) {
+        if session.is_closing() {
             return;
         }
         let (code, reason) = match &error {
@@ -747,32 +691,9 @@ impl Registry {
         if error.as_ref().is_some_and(counters::is_heartbeat_error) {
             self.counters.heartbeats_rejected.add(code);
         }
-        let state =
-            std::mem::replace(&mut session.state, State::Closing { tail: Vec::new(), code, reason: reason.clone() });
-        // A Welcome that was due goes out before the Reject: the session was
-        // accepted, then ended, and the client is told both, in that order.
-        let mut tail = Vec::new();
-        match &state {
-            State::Publisher(p) if p.welcome_pending => {
-                let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
-                let promised = Welcome {
-                    max_blob_size: p.max_blob_size as u64,
-                    entry_ttl: p.entry_ttl,
-                    ..welcome(&self.config, self.epoch, Some(info))
-                };
-                Frame::Welcome(promised).encode(&mut tail);
-            }
-            State::Browser(b) if b.welcome_pending => {
-                Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(&mut tail);
-            }
-            _ => {}
-        }
-        if error.is_some() {
-            Frame::Reject(Reject { code, reason: &reason }).encode(&mut tail);
-        }
-        if let State::Closing { tail: pending, .. } = &mut session.state {
-            *pending = tail;
-        }
+        let reject = error.is_some().then_some(Reject { code, reason: &reason });
+        let tail = session.state.final_frames(&self.config, self.epoch, reject);
+        let state = std::mem::replace(&mut session.state, State::Closing { tail, code, reason: reason.clone() });
         let ip = session.peer.ip();
         self.release(idx, ip, state);
         let connection = self.handle_at(idx);
@@ -840,7 +761,7 @@ impl Registry {
     pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
         let Some(idx) = self.index_of(connection) else { return Ok(()) };
         let Some(session) = self.sessions.get(idx) else { return Ok(()) };
-        if matches!(session.state, State::Closing { .. }) {
+        if session.is_closing() {
             return Ok(());
         }
         match session.decoder.buffered() {
@@ -876,51 +797,10 @@ impl Registry {
         match &mut session.state {
             State::Handshaking => {}
             State::Closing { tail, .. } => buf.append(tail),
-            State::Publisher(p) => {
-                if std::mem::take(&mut p.welcome_pending) {
-                    let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
-                    let promised = Welcome {
-                        max_blob_size: p.max_blob_size as u64,
-                        entry_ttl: p.entry_ttl,
-                        ..welcome(&self.config, self.epoch, Some(info))
-                    };
-                    Frame::Welcome(promised).encode(buf);
-                }
-            }
+            State::Publisher(p) => p.poll_transmit(&self.config, self.epoch, buf),
             State::Browser(b) => {
                 let Some(ns) = self.namespaces.get_mut(b.ns) else { return false };
-                if std::mem::take(&mut b.welcome_pending) {
-                    Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(buf);
-                }
-                let log = &mut ns.log;
-                if !b.flushing && now >= b.next_flush {
-                    b.flushing = log.last_rev() > b.cursor.rev;
-                    b.next_flush = deadline(now, self.config.update_interval).unwrap_or(now);
-                }
-                if b.flushing {
-                    if log.floor() > b.cursor.rev.max(b.cursor.skip_tombstones_upto) {
-                        // Tombstones this browser needs were pruned: start over.
-                        log.release(&mut b.cursor);
-                        b.cursor = Cursor::fresh(log.last_rev());
-                        b.reset_pending = true;
-                    }
-                    if std::mem::take(&mut b.reset_pending) {
-                        Frame::Reset.encode(buf);
-                        self.counters.resets += 1;
-                    }
-                    // The batch runs to the current head, not to the head at its
-                    // start: an entry that changes while the batch is under way
-                    // moves past the cursor and is still sent in this batch, so
-                    // Synced(R) always means "your list equals the namespace at R".
-                    let limit = start.saturating_add(self.config.transmit_chunk);
-                    let frames_before = log.frames_sent();
-                    let done = log.walk(&mut b.cursor, log.last_rev(), buf, limit);
-                    self.counters.entries_sent += log.frames_sent() - frames_before;
-                    if done {
-                        Frame::Synced { revision: b.cursor.rev }.encode(buf);
-                        b.flushing = false;
-                    }
-                }
+                b.poll_transmit(&mut ns.log, &self.config, self.epoch, &mut self.counters, now, buf);
             }
         }
         buf.len() > start
@@ -929,11 +809,7 @@ impl Registry {
     /// When the connection next has output without new input: a browser's
     /// next update. `None` when only input can produce output.
     pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
-        let session = self.sessions.get(self.index_of(connection)?)?;
-        match &session.state {
-            State::Browser(b) => Some(b.next_flush),
-            _ => None,
-        }
+        self.sessions.get(self.index_of(connection)?)?.timeout()
     }
 
     /// Once this connection's session has ended and [`Registry::poll_transmit`]
@@ -943,11 +819,7 @@ impl Registry {
     /// still to be taken, or the connection is unknown.
     #[must_use]
     pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
-        let session = self.sessions.get(self.index_of(connection)?)?;
-        match &session.state {
-            State::Closing { tail, code, reason } if tail.is_empty() => Some((*code, reason.as_str())),
-            _ => None,
-        }
+        self.sessions.get(self.index_of(connection)?)?.close_reason()
     }
 
     /// The earliest registry-wide deadline (handshake or heartbeat timeout).
@@ -1067,28 +939,11 @@ impl Registry {
     /// behind it falls, since the changes it has yet to receive are built
     /// from the shared log when it reads.
     pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
-        let session = self.sessions.get(self.index_of(connection)?)?;
-        let reason = match &session.state {
-            State::Closing { tail, reason, .. } => tail.capacity() + reason.capacity(),
-            _ => 0,
-        };
-        Some(std::mem::size_of::<Session>() + session.decoder.allocated() + reason)
+        Some(self.sessions.get(self.index_of(connection)?)?.memory())
     }
 
     /// Nodes (entries, tombstones, ghosts) held by all revision logs.
     pub fn log_nodes(&self) -> usize {
         self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
-    }
-}
-
-fn welcome(config: &RegistryConfig, epoch: u64, publisher: Option<PublisherInfo>) -> Welcome {
-    Welcome {
-        version: PROTOCOL_VERSION,
-        epoch,
-        max_blob_size: config.max_blob_size as u64,
-        heartbeat_interval: config.heartbeat_interval,
-        update_interval: config.update_interval,
-        entry_ttl: config.entry_ttl,
-        publisher,
     }
 }
