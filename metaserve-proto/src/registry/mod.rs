@@ -10,6 +10,7 @@
 //! [`Registry::poll_connection_timeout`]. Connections the registry decides to
 //! close are reported by [`Registry::poll_event`].
 
+mod admission;
 mod bans;
 mod counters;
 mod invariants;
@@ -31,6 +32,7 @@ use crate::decoder::FrameDecoder;
 use crate::error::{Error, ErrorCode};
 use crate::frame::{Frame, Hello, Reject, Role};
 use crate::{varint, Server};
+use admission::{entry_key, network_of};
 use log::{Cursor, Log, Upserted};
 use session::{Browsing, Publishing, Session, State};
 
@@ -178,19 +180,6 @@ struct PerIp {
     handshakes: usize,
 }
 
-/// Prefix lengths of the networks that per-network limits count in: an
-/// IPv4 /24 and an IPv6 /48 are what one operator typically holds.
-const NETWORK_PREFIX_V4: u8 = 24;
-const NETWORK_PREFIX_V6: u8 = 48;
-
-/// The network `ip` (canonical) is counted in, and its prefix length.
-fn network_of(ip: IpAddr) -> (IpAddr, u8) {
-    match ip {
-        IpAddr::V4(v4) => (IpAddr::V4((u32::from(v4) & !0xff).into()), NETWORK_PREFIX_V4),
-        IpAddr::V6(v6) => (IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()), NETWORK_PREFIX_V6),
-    }
-}
-
 /// The meta server's state machine: namespaces, their revision logs, and one
 /// session per connection. No I/O, no clock, no threads.
 ///
@@ -256,23 +245,6 @@ pub struct Registry {
 
 fn deadline(now: Instant, after: Duration) -> Option<Instant> {
     now.checked_add(after)
-}
-
-fn token_matches(expected: &[u8], given: &[u8]) -> bool {
-    // Constant time in the token's content, so a guesser learns nothing from timing.
-    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-fn validate_namespace(name: &str, max_len: usize) -> Result<(), Error> {
-    if name.is_empty() {
-        Err(Error::InvalidNamespace("empty"))
-    } else if name.len() > max_len {
-        Err(Error::InvalidNamespace("too long"))
-    } else if name.chars().any(char::is_control) {
-        Err(Error::InvalidNamespace("contains control characters"))
-    } else {
-        Ok(())
-    }
 }
 
 impl Registry {
@@ -405,25 +377,9 @@ impl Registry {
     }
 
     fn accept_session(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
-        if self.shutting_down {
-            return Err(Error::ShuttingDown);
-        }
-        if let Some(ban) = self.bans.lookup(now, peer) {
-            return Err(Error::Banned { reason: ban.reason.clone() });
-        }
+        self.admit_connection(now, peer)?;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        if self.stats.handshakes >= self.config.max_handshakes {
-            return Err(Error::ServerFull { what: "pending handshakes", max: self.config.max_handshakes });
-        }
-        let max = self.config.max_handshakes_per_ip;
-        if self.per_ip.get(&peer.ip()).is_some_and(|c| c.handshakes >= max) {
-            return Err(Error::HandshakeLimit { from: peer.ip(), prefix_len: None, max });
-        }
-        let (network, prefix_len) = network_of(peer.ip());
-        let max = self.config.max_handshakes_per_network;
-        if self.handshakes_per_network.get(&network).is_some_and(|&n| n >= max) {
-            return Err(Error::HandshakeLimit { from: network, prefix_len: Some(prefix_len), max });
-        }
+        let (network, _) = network_of(peer.ip());
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let entry = self.sessions.vacant_entry();
@@ -446,6 +402,11 @@ impl Registry {
         let idx = connection.index as usize;
         let session = self.sessions.get(idx)?;
         (session.generation == connection.generation).then_some(idx)
+    }
+
+    /// The namespace called `name`, if it exists.
+    fn namespace_named(&self, name: &str) -> Option<&Namespace> {
+        self.namespace_ids.get(name).and_then(|&idx| self.namespaces.get(idx))
     }
 
     fn handle_at(&self, idx: usize) -> ConnectionHandle {
@@ -517,50 +478,10 @@ impl Registry {
     }
 
     fn on_hello(&mut self, idx: usize, now: Instant, hello: Hello<'_>) -> Result<(), Error> {
-        validate_namespace(hello.namespace, self.config.max_namespace_len)?;
         let Some((peer, max_blob_decodable)) = self.sessions.get(idx).map(|s| (s.peer, s.max_blob_decodable)) else {
             return Ok(());
         };
-        let per_ip = self.per_ip.get(&peer.ip());
-        match hello.role {
-            Role::Publisher => {
-                if hello.token.len() > self.config.max_token_len {
-                    return Err(Error::Unauthorized);
-                }
-                if let Some(tokens) = self.tokens.get(hello.namespace) {
-                    if !tokens.iter().any(|t| token_matches(t, hello.token)) {
-                        return Err(Error::Unauthorized);
-                    }
-                }
-                // Taking over an entry (same IP, same port) closes its old
-                // connection, so it adds no publisher: the limits do not apply.
-                let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
-                if let Some(ban) = self.bans.lookup(now, key) {
-                    return Err(Error::Banned { reason: ban.reason.clone() });
-                }
-                let ns = self.namespace_ids.get(hello.namespace).and_then(|&i| self.namespaces.get(i));
-                if ns.is_none_or(|ns| ns.publishers == 0) && self.published_namespaces >= self.config.max_namespaces {
-                    return Err(Error::NamespaceLimit { max: self.config.max_namespaces });
-                }
-                let takes_over = ns.is_some_and(|ns| ns.owners.contains_key(&key));
-                let max = self.config.max_publishers_per_ip;
-                if !takes_over && per_ip.is_some_and(|c| c.publishers >= max) {
-                    return Err(Error::IpLimit { role: Role::Publisher, ip: peer.ip(), max });
-                }
-                if !takes_over && self.stats.publishers >= self.config.max_publishers {
-                    return Err(Error::ServerFull { what: "publishers", max: self.config.max_publishers });
-                }
-            }
-            Role::Browser => {
-                let max = self.config.max_browsers_per_ip;
-                if per_ip.is_some_and(|c| c.browsers >= max) {
-                    return Err(Error::IpLimit { role: Role::Browser, ip: peer.ip(), max });
-                }
-                if self.stats.browsers >= self.config.max_browsers {
-                    return Err(Error::ServerFull { what: "browsers", max: self.config.max_browsers });
-                }
-            }
-        }
+        self.admit_hello(now, peer, &hello)?;
         let ns_idx = self.namespace_for(hello.namespace);
         let Some(ns) = self.namespaces.get_mut(ns_idx) else { return Ok(()) };
         self.stats.handshakes -= 1;
@@ -569,7 +490,7 @@ impl Registry {
         per_ip.handshakes -= 1;
         let (state, address, resumed, replaced) = match hello.role {
             Role::Publisher => {
-                let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
+                let key = entry_key(peer, &hello);
                 let id = self.next_publisher_id;
                 self.next_publisher_id += 1;
                 if ns.publishers == 0 {
@@ -904,7 +825,7 @@ impl Registry {
 
     /// The live entries of `namespace`, in revision order (oldest change first).
     pub fn servers(&self, namespace: &str) -> impl Iterator<Item = Server> + '_ {
-        let log = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx)).map(|ns| &ns.log);
+        let log = self.namespace_named(namespace).map(|ns| &ns.log);
         log.into_iter().flat_map(Log::entries).map(|(revision, address, port_declared, blob)| Server {
             address,
             port_declared,
@@ -916,7 +837,7 @@ impl Registry {
     /// The live entries of `namespace` with the time each version was
     /// published, in revision order (oldest change first).
     pub fn entries(&self, namespace: &str) -> impl Iterator<Item = EntryInfo> + '_ {
-        let log = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx)).map(|ns| &ns.log);
+        let log = self.namespace_named(namespace).map(|ns| &ns.log);
         log.into_iter().flat_map(Log::entries_changed).map(|(revision, address, port_declared, blob, changed)| {
             EntryInfo { address, port_declared, blob: blob.clone(), revision, changed }
         })
@@ -925,7 +846,7 @@ impl Registry {
     /// The newest revision of `namespace`, or `None` if it does not exist.
     /// Any change to its list (entry added, changed or removed) raises it.
     pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
-        let ns = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx))?;
+        let ns = self.namespace_named(namespace)?;
         Some(ns.log.last_rev())
     }
 
