@@ -247,6 +247,7 @@ fn deadline(now: Instant, after: Duration) -> Option<Instant> {
     now.checked_add(after)
 }
 
+// Construction, getters and configuration.
 impl Registry {
     /// A registry with `config`, identified by `epoch`.
     ///
@@ -288,17 +289,121 @@ impl Registry {
         self.epoch
     }
 
-    /// Requires publishers of `namespace` to present one of `tokens`. An empty
-    /// list lifts the requirement. Takes effect for Hellos from now on.
-    pub fn set_publish_tokens<T: AsRef<[u8]>>(&mut self, namespace: &str, tokens: impl IntoIterator<Item = T>) {
-        let tokens: Vec<Bytes> = tokens.into_iter().map(|t| Bytes::copy_from_slice(t.as_ref())).collect();
-        if tokens.is_empty() {
-            self.tokens.remove(namespace);
-        } else {
-            self.tokens.insert(namespace.into(), tokens);
+    /// The ban list in force, as last set.
+    pub fn bans(&self) -> &[Ban] {
+        self.bans.bans()
+    }
+}
+
+// Input: connections, bytes, stream ends and time.
+impl Registry {
+    /// Registers a new connection from `peer`, which must send Hello within
+    /// the handshake timeout.
+    ///
+    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`], with
+    /// [`Error::Banned`] when a ban in force covers `peer`, and with
+    /// [`Error::ServerFull`] when `max_handshakes` connections are already
+    /// waiting for their Hello; the driver closes the connection with the
+    /// error's code. Refusals are counted in [`Counters::refused`].
+    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+        let result = self.accept_session(now, peer);
+        if let Err(error) = &result {
+            self.counters.refused.add(error.code());
+        }
+        result
+    }
+
+    /// Feeds bytes read from the connection's stream, cut anywhere.
+    ///
+    /// An error means the registry closed the connection: it is also
+    /// reported as [`Event::Closed`], and the session's other connections'
+    /// data is untouched. Input for a closing or unknown connection is ignored.
+    pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        let Some(idx) = self.index_of(connection) else { return Ok(()) };
+        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
+        if session.is_closing() {
+            return Ok(());
+        }
+        // The decoder is taken out so that frames can update the registry.
+        let mut decoder = std::mem::replace(&mut session.decoder, FrameDecoder::new(0));
+        let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
+        if let Some(session) = self.sessions.get_mut(idx) {
+            session.decoder = decoder;
+            if result.is_err() && session.is_closing() {
+                // Closed by an earlier frame of this input (Goodbye): what
+                // follows is ignored, like any input for a closing connection.
+                return Ok(());
+            }
+        }
+        if let Err(error) = &result {
+            self.close_session(idx, Some(error.clone()));
+        }
+        result
+    }
+
+    /// The client finished its session stream (a QUIC FIN). Ending between
+    /// frames is a graceful end, like Goodbye: the session closes with
+    /// `NO_ERROR` ("session stream finished"). Ending inside a frame is a
+    /// protocol violation: [`Error::StreamEndedInFrame`] is returned and the
+    /// session closes with `PROTOCOL_VIOLATION`. Either way the close is
+    /// reported as [`Event::Closed`]; a closing or unknown connection is ignored.
+    pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
+        let Some(idx) = self.index_of(connection) else { return Ok(()) };
+        let Some(session) = self.sessions.get(idx) else { return Ok(()) };
+        if session.is_closing() {
+            return Ok(());
+        }
+        match session.decoder.buffered() {
+            0 => {
+                self.close_session_with(idx, None, "session stream finished");
+                Ok(())
+            }
+            buffered => {
+                let error = Error::StreamEndedInFrame { buffered };
+                self.close_session(idx, Some(error.clone()));
+                Err(error)
+            }
         }
     }
 
+    /// Closes connections whose handshake or heartbeat timed out by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, idx, generation, kind))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get(idx).filter(|s| s.generation == generation) else {
+                continue;
+            };
+            match (&session.state, kind) {
+                (State::Handshaking, TimerKind::Handshake) => self.close_session(idx, Some(Error::HandshakeTimeout)),
+                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, p.entry_ttl) {
+                    Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
+                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation, kind))),
+                    None => {}
+                },
+                _ => {} // the session has moved on since the timer was set
+            }
+        }
+        // Timers of removed sessions stay queued until due; keep them bounded.
+        if self.timers.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.timers.retain(|Reverse((_, idx, generation, kind))| {
+                sessions.get(*idx).is_some_and(|s| {
+                    s.generation == *generation
+                        && matches!(
+                            (&s.state, kind),
+                            (State::Handshaking, TimerKind::Handshake) | (State::Publisher(_), TimerKind::EntryTtl)
+                        )
+                })
+            });
+        }
+    }
+}
+
+// Mutators: configuration, bans, shutdown, removal.
+impl Registry {
     /// Replaces the configuration. What changes, and when:
     ///
     /// - **New connections and Hellos** get every new value: handshake
@@ -319,6 +424,17 @@ impl Registry {
     ///   **transmit chunk** at the next [`Registry::poll_transmit`].
     pub fn set_config(&mut self, config: RegistryConfig) {
         self.config = config;
+    }
+
+    /// Requires publishers of `namespace` to present one of `tokens`. An empty
+    /// list lifts the requirement. Takes effect for Hellos from now on.
+    pub fn set_publish_tokens<T: AsRef<[u8]>>(&mut self, namespace: &str, tokens: impl IntoIterator<Item = T>) {
+        let tokens: Vec<Bytes> = tokens.into_iter().map(|t| Bytes::copy_from_slice(t.as_ref())).collect();
+        if tokens.is_empty() {
+            self.tokens.remove(namespace);
+        } else {
+            self.tokens.insert(namespace.into(), tokens);
+        }
     }
 
     /// Replaces the ban list. Connections from a banned address are refused
@@ -350,32 +466,155 @@ impl Registry {
         closed
     }
 
-    /// The ban list in force, as last set.
-    pub fn bans(&self) -> &[Ban] {
-        self.bans.bans()
+    /// Closes every connection with `SHUTTING_DOWN` and refuses new ones.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let open: Vec<usize> = self.sessions.iter().map(|(idx, _)| idx).collect();
+        for idx in open {
+            self.close_session(idx, Some(Error::ShuttingDown));
+        }
+    }
+
+    /// The connection is gone (closed by either side): releases its session.
+    /// Its entry, if it published one, is removed.
+    pub fn remove(&mut self, connection: ConnectionHandle) {
+        let Some(idx) = self.index_of(connection) else { return };
+        let session = self.sessions.remove(idx);
+        self.release(idx, session.peer.ip(), session.state);
+    }
+}
+
+// Output: bytes, closes, deadlines and events.
+impl Registry {
+    /// Appends the connection's due output to `buf`; returns whether it wrote
+    /// anything. Call it while the stream can take more and it returns true.
+    ///
+    /// Browsers get their changes here, built on demand from the revision log:
+    /// a browser that does not read costs nothing but its cursor.
+    pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let Some(idx) = self.index_of(connection) else { return false };
+        let start = buf.len();
+        let Some(session) = self.sessions.get_mut(idx) else { return false };
+        match &mut session.state {
+            State::Handshaking => {}
+            State::Closing { tail, .. } => buf.append(tail),
+            State::Publisher(p) => p.poll_transmit(&self.config, self.epoch, buf),
+            State::Browser(b) => {
+                let Some(ns) = self.namespaces.get_mut(b.ns) else { return false };
+                b.poll_transmit(&mut ns.log, &self.config, self.epoch, &mut self.counters, now, buf);
+            }
+        }
+        buf.len() > start
+    }
+
+    /// Once this connection's session has ended and [`Registry::poll_transmit`]
+    /// has yielded its final frames: the code and reason to close the QUIC
+    /// connection with (see [`Event::Closed`] for the order of the driver's
+    /// steps). `None` while the session is open, or its final frames are
+    /// still to be taken, or the connection is unknown.
+    #[must_use]
+    pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
+        self.sessions.get(self.index_of(connection)?)?.close_reason()
+    }
+
+    /// When the connection next has output without new input: a browser's
+    /// next update. `None` when only input can produce output.
+    pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
+        self.sessions.get(self.index_of(connection)?)?.timeout()
+    }
+
+    /// The earliest registry-wide deadline (handshake or heartbeat timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// The next event for the driver, if any. Drain after every call that
+    /// takes input or time.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+// Introspection: read-only views of the registry.
+impl Registry {
+    /// Counts across the registry.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        stats.namespaces = self.namespaces.len();
+        stats.revision = self.revision;
+        for (_, ns) in &self.namespaces {
+            stats.entries += ns.log.live();
+            stats.tombstones += ns.log.tombstones();
+            stats.ghosts += ns.log.ghosts();
+        }
+        stats
+    }
+
+    /// Every namespace with its counts.
+    pub fn namespaces(&self) -> impl Iterator<Item = NamespaceInfo> + '_ {
+        self.namespaces.iter().map(|(_, ns)| NamespaceInfo {
+            name: ns.name.clone(),
+            publishers: ns.publishers,
+            browsers: ns.browsers,
+            entries: ns.log.live(),
+            tombstones: ns.log.tombstones(),
+            revision: ns.log.last_rev(),
+        })
+    }
+
+    /// The live entries of `namespace`, in revision order (oldest change first).
+    pub fn servers(&self, namespace: &str) -> impl Iterator<Item = Server> + '_ {
+        let log = self.namespace_named(namespace).map(|ns| &ns.log);
+        log.into_iter().flat_map(Log::entries).map(|(revision, address, port_declared, blob)| Server {
+            address,
+            port_declared,
+            blob: blob.clone(),
+            revision,
+        })
+    }
+
+    /// The live entries of `namespace` with the time each version was
+    /// published, in revision order (oldest change first).
+    pub fn entries(&self, namespace: &str) -> impl Iterator<Item = EntryInfo> + '_ {
+        let log = self.namespace_named(namespace).map(|ns| &ns.log);
+        log.into_iter().flat_map(Log::entries_changed).map(|(revision, address, port_declared, blob, changed)| {
+            EntryInfo { address, port_declared, blob: blob.clone(), revision, changed }
+        })
+    }
+
+    /// The newest revision of `namespace`, or `None` if it does not exist.
+    /// Any change to its list (entry added, changed or removed) raises it.
+    pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
+        let ns = self.namespace_named(namespace)?;
+        Some(ns.log.last_rev())
+    }
+
+    /// Monotonic counters since the registry was created.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Bytes the registry holds for this one connection: the session record
+    /// and its partial-frame buffer. A browser's is constant however far
+    /// behind it falls, since the changes it has yet to receive are built
+    /// from the shared log when it reads.
+    pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
+        Some(self.sessions.get(self.index_of(connection)?)?.memory())
+    }
+
+    /// Nodes (entries, tombstones, ghosts) held by all revision logs.
+    pub fn log_nodes(&self) -> usize {
+        self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
     }
 
     /// The ban in force at `now` that covers `addr`, if any.
     pub fn ban_for(&self, now: Instant, addr: SocketAddr) -> Option<&Ban> {
         self.bans.lookup(now, addr)
     }
+}
 
-    /// Registers a new connection from `peer`, which must send Hello within
-    /// the handshake timeout.
-    ///
-    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`], with
-    /// [`Error::Banned`] when a ban in force covers `peer`, and with
-    /// [`Error::ServerFull`] when `max_handshakes` connections are already
-    /// waiting for their Hello; the driver closes the connection with the
-    /// error's code. Refusals are counted in [`Counters::refused`].
-    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
-        let result = self.accept_session(now, peer);
-        if let Err(error) = &result {
-            self.counters.refused.add(error.code());
-        }
-        result
-    }
-
+// Internals: handles, frames, and a session's start and end.
+impl Registry {
     fn accept_session(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
         self.admit_connection(now, peer)?;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
@@ -404,41 +643,13 @@ impl Registry {
         (session.generation == connection.generation).then_some(idx)
     }
 
-    /// The namespace called `name`, if it exists.
-    fn namespace_named(&self, name: &str) -> Option<&Namespace> {
-        self.namespace_ids.get(name).and_then(|&idx| self.namespaces.get(idx))
-    }
-
     fn handle_at(&self, idx: usize) -> ConnectionHandle {
         ConnectionHandle { index: idx as u32, generation: self.sessions.get(idx).map_or(0, |s| s.generation) }
     }
 
-    /// Feeds bytes read from the connection's stream, cut anywhere.
-    ///
-    /// An error means the registry closed the connection: it is also
-    /// reported as [`Event::Closed`], and the session's other connections'
-    /// data is untouched. Input for a closing or unknown connection is ignored.
-    pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        let Some(idx) = self.index_of(connection) else { return Ok(()) };
-        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
-        if session.is_closing() {
-            return Ok(());
-        }
-        // The decoder is taken out so that frames can update the registry.
-        let mut decoder = std::mem::replace(&mut session.decoder, FrameDecoder::new(0));
-        let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
-        if let Some(session) = self.sessions.get_mut(idx) {
-            session.decoder = decoder;
-            if result.is_err() && session.is_closing() {
-                // Closed by an earlier frame of this input (Goodbye): what
-                // follows is ignored, like any input for a closing connection.
-                return Ok(());
-            }
-        }
-        if let Err(error) = &result {
-            self.close_session(idx, Some(error.clone()));
-        }
-        result
+    /// The namespace called `name`, if it exists.
+    fn namespace_named(&self, name: &str) -> Option<&Namespace> {
+        self.namespace_ids.get(name).and_then(|&idx| self.namespaces.get(idx))
     }
 
     fn on_frame(&mut self, idx: usize, now: Instant, frame: Frame<'_>) -> Result<(), Error> {
@@ -581,17 +792,6 @@ impl Registry {
         idx
     }
 
-    /// Counts one connection of `ip` out of the per-network handshake tally.
-    fn release_handshake(per_network: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
-        let (network, _) = network_of(ip);
-        if let Some(n) = per_network.get_mut(&network) {
-            *n -= 1;
-            if *n == 0 {
-                per_network.remove(&network);
-            }
-        }
-    }
-
     /// Moves the session to Closing, releases what it held, reports it.
     /// `None` is a graceful close (Goodbye).
     fn close_session(&mut self, idx: usize, error: Option<Error>) {
@@ -673,198 +873,14 @@ impl Registry {
         }
     }
 
-    /// The client finished its session stream (a QUIC FIN). Ending between
-    /// frames is a graceful end, like Goodbye: the session closes with
-    /// `NO_ERROR` ("session stream finished"). Ending inside a frame is a
-    /// protocol violation: [`Error::StreamEndedInFrame`] is returned and the
-    /// session closes with `PROTOCOL_VIOLATION`. Either way the close is
-    /// reported as [`Event::Closed`]; a closing or unknown connection is ignored.
-    pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
-        let Some(idx) = self.index_of(connection) else { return Ok(()) };
-        let Some(session) = self.sessions.get(idx) else { return Ok(()) };
-        if session.is_closing() {
-            return Ok(());
-        }
-        match session.decoder.buffered() {
-            0 => {
-                self.close_session_with(idx, None, "session stream finished");
-                Ok(())
-            }
-            buffered => {
-                let error = Error::StreamEndedInFrame { buffered };
-                self.close_session(idx, Some(error.clone()));
-                Err(error)
+    /// Counts one connection of `ip` out of the per-network handshake tally.
+    fn release_handshake(per_network: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+        let (network, _) = network_of(ip);
+        if let Some(n) = per_network.get_mut(&network) {
+            *n -= 1;
+            if *n == 0 {
+                per_network.remove(&network);
             }
         }
-    }
-
-    /// The connection is gone (closed by either side): releases its session.
-    /// Its entry, if it published one, is removed.
-    pub fn remove(&mut self, connection: ConnectionHandle) {
-        let Some(idx) = self.index_of(connection) else { return };
-        let session = self.sessions.remove(idx);
-        self.release(idx, session.peer.ip(), session.state);
-    }
-
-    /// Appends the connection's due output to `buf`; returns whether it wrote
-    /// anything. Call it while the stream can take more and it returns true.
-    ///
-    /// Browsers get their changes here, built on demand from the revision log:
-    /// a browser that does not read costs nothing but its cursor.
-    pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
-        let Some(idx) = self.index_of(connection) else { return false };
-        let start = buf.len();
-        let Some(session) = self.sessions.get_mut(idx) else { return false };
-        match &mut session.state {
-            State::Handshaking => {}
-            State::Closing { tail, .. } => buf.append(tail),
-            State::Publisher(p) => p.poll_transmit(&self.config, self.epoch, buf),
-            State::Browser(b) => {
-                let Some(ns) = self.namespaces.get_mut(b.ns) else { return false };
-                b.poll_transmit(&mut ns.log, &self.config, self.epoch, &mut self.counters, now, buf);
-            }
-        }
-        buf.len() > start
-    }
-
-    /// When the connection next has output without new input: a browser's
-    /// next update. `None` when only input can produce output.
-    pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
-        self.sessions.get(self.index_of(connection)?)?.timeout()
-    }
-
-    /// Once this connection's session has ended and [`Registry::poll_transmit`]
-    /// has yielded its final frames: the code and reason to close the QUIC
-    /// connection with (see [`Event::Closed`] for the order of the driver's
-    /// steps). `None` while the session is open, or its final frames are
-    /// still to be taken, or the connection is unknown.
-    #[must_use]
-    pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
-        self.sessions.get(self.index_of(connection)?)?.close_reason()
-    }
-
-    /// The earliest registry-wide deadline (handshake or heartbeat timeout).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, ..))| *at)
-    }
-
-    /// Closes connections whose handshake or heartbeat timed out by `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, idx, generation, kind))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(session) = self.sessions.get(idx).filter(|s| s.generation == generation) else {
-                continue;
-            };
-            match (&session.state, kind) {
-                (State::Handshaking, TimerKind::Handshake) => self.close_session(idx, Some(Error::HandshakeTimeout)),
-                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, p.entry_ttl) {
-                    Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
-                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation, kind))),
-                    None => {}
-                },
-                _ => {} // the session has moved on since the timer was set
-            }
-        }
-        // Timers of removed sessions stay queued until due; keep them bounded.
-        if self.timers.len() > 2 * self.sessions.len() + 64 {
-            let sessions = &self.sessions;
-            self.timers.retain(|Reverse((_, idx, generation, kind))| {
-                sessions.get(*idx).is_some_and(|s| {
-                    s.generation == *generation
-                        && matches!(
-                            (&s.state, kind),
-                            (State::Handshaking, TimerKind::Handshake) | (State::Publisher(_), TimerKind::EntryTtl)
-                        )
-                })
-            });
-        }
-    }
-
-    /// The next event for the driver, if any. Drain after every call that
-    /// takes input or time.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Closes every connection with `SHUTTING_DOWN` and refuses new ones.
-    pub fn shutdown(&mut self) {
-        self.shutting_down = true;
-        let open: Vec<usize> = self.sessions.iter().map(|(idx, _)| idx).collect();
-        for idx in open {
-            self.close_session(idx, Some(Error::ShuttingDown));
-        }
-    }
-
-    /// Counts across the registry.
-    pub fn stats(&self) -> Stats {
-        let mut stats = self.stats;
-        stats.namespaces = self.namespaces.len();
-        stats.revision = self.revision;
-        for (_, ns) in &self.namespaces {
-            stats.entries += ns.log.live();
-            stats.tombstones += ns.log.tombstones();
-            stats.ghosts += ns.log.ghosts();
-        }
-        stats
-    }
-
-    /// Every namespace with its counts.
-    pub fn namespaces(&self) -> impl Iterator<Item = NamespaceInfo> + '_ {
-        self.namespaces.iter().map(|(_, ns)| NamespaceInfo {
-            name: ns.name.clone(),
-            publishers: ns.publishers,
-            browsers: ns.browsers,
-            entries: ns.log.live(),
-            tombstones: ns.log.tombstones(),
-            revision: ns.log.last_rev(),
-        })
-    }
-
-    /// The live entries of `namespace`, in revision order (oldest change first).
-    pub fn servers(&self, namespace: &str) -> impl Iterator<Item = Server> + '_ {
-        let log = self.namespace_named(namespace).map(|ns| &ns.log);
-        log.into_iter().flat_map(Log::entries).map(|(revision, address, port_declared, blob)| Server {
-            address,
-            port_declared,
-            blob: blob.clone(),
-            revision,
-        })
-    }
-
-    /// The live entries of `namespace` with the time each version was
-    /// published, in revision order (oldest change first).
-    pub fn entries(&self, namespace: &str) -> impl Iterator<Item = EntryInfo> + '_ {
-        let log = self.namespace_named(namespace).map(|ns| &ns.log);
-        log.into_iter().flat_map(Log::entries_changed).map(|(revision, address, port_declared, blob, changed)| {
-            EntryInfo { address, port_declared, blob: blob.clone(), revision, changed }
-        })
-    }
-
-    /// The newest revision of `namespace`, or `None` if it does not exist.
-    /// Any change to its list (entry added, changed or removed) raises it.
-    pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
-        let ns = self.namespace_named(namespace)?;
-        Some(ns.log.last_rev())
-    }
-
-    /// Monotonic counters since the registry was created.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Bytes the registry holds for this one connection: the session record
-    /// and its partial-frame buffer. A browser's is constant however far
-    /// behind it falls, since the changes it has yet to receive are built
-    /// from the shared log when it reads.
-    pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
-        Some(self.sessions.get(self.index_of(connection)?)?.memory())
-    }
-
-    /// Nodes (entries, tombstones, ghosts) held by all revision logs.
-    pub fn log_nodes(&self) -> usize {
-        self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
     }
 }
