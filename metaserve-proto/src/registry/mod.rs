@@ -279,17 +279,20 @@ impl Registry {
     }
 
     /// The configuration in force.
+    #[must_use]
     pub fn config(&self) -> &RegistryConfig {
         &self.config
     }
 
     /// This registry's epoch, carried by every Welcome. A resume point is
     /// meaningful only in the namespace that issued it.
+    #[must_use]
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// The ban list in force, as last set.
+    #[must_use]
     pub fn bans(&self) -> &[Ban] {
         self.bans.bans()
     }
@@ -491,6 +494,7 @@ impl Registry {
     ///
     /// Browsers get their changes here, built on demand from the revision log:
     /// a browser that does not read costs nothing but its cursor.
+    #[must_use]
     pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
         let Some(idx) = self.index_of(connection) else { return false };
         let start = buf.len();
@@ -519,17 +523,20 @@ impl Registry {
 
     /// When the connection next has output without new input: a browser's
     /// next update. `None` when only input can produce output.
+    #[must_use]
     pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
         self.sessions.get(self.index_of(connection)?)?.timeout()
     }
 
     /// The earliest registry-wide deadline (handshake or heartbeat timeout).
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, ..))| *at)
     }
 
     /// The next event for the driver, if any. Drain after every call that
     /// takes input or time.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -538,6 +545,7 @@ impl Registry {
 // Introspection: read-only views of the registry.
 impl Registry {
     /// Counts across the registry.
+    #[must_use]
     pub fn stats(&self) -> Stats {
         let mut stats = self.stats;
         stats.namespaces = self.namespaces.len();
@@ -584,12 +592,14 @@ impl Registry {
 
     /// The newest revision of `namespace`, or `None` if it does not exist.
     /// Any change to its list (entry added, changed or removed) raises it.
+    #[must_use]
     pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
         let ns = self.namespace_named(namespace)?;
         Some(ns.log.last_rev())
     }
 
     /// Monotonic counters since the registry was created.
+    #[must_use]
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -598,16 +608,19 @@ impl Registry {
     /// and its partial-frame buffer. A browser's is constant however far
     /// behind it falls, since the changes it has yet to receive are built
     /// from the shared log when it reads.
+    #[must_use]
     pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
         Some(self.sessions.get(self.index_of(connection)?)?.memory())
     }
 
     /// Nodes (entries, tombstones, ghosts) held by all revision logs.
+    #[must_use]
     pub fn log_nodes(&self) -> usize {
         self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
     }
 
     /// The ban in force at `now` that covers `addr`, if any.
+    #[must_use]
     pub fn ban_for(&self, now: Instant, addr: SocketAddr) -> Option<&Ban> {
         self.bans.lookup(now, addr)
     }
