@@ -34,6 +34,9 @@ impl Registry {
                 State::Browser(b) => {
                     browsers += 1;
                     per_ip.entry(session.peer.ip()).or_default().1 += 1;
+                    if !self.namespaces.contains(b.ns) {
+                        return Err(format!("browser {idx} in a missing namespace"));
+                    }
                     let counts = per_ns.entry(b.ns).or_default();
                     counts.1 += 1;
                     counts.2 += u64::from(b.cursor.is_pinned());

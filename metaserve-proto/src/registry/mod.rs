@@ -9,6 +9,27 @@
 //! [`Registry::handle_timeout`]; a browser's next update through
 //! [`Registry::poll_connection_timeout`]. Connections the registry decides to
 //! close are reported by [`Registry::poll_event`].
+//!
+//! # Invariant policy
+//!
+//! - **What the driver may legitimately do is handled, as each method
+//!   documents.** A handle it still holds after [`Registry::remove`], or one
+//!   otherwise unknown, is ignored: input and removal do nothing, output
+//!   and introspection return nothing. Input, a stream's end or a timer for
+//!   a session that is already closing is ignored too.
+//! - **What is impossible by construction is asserted, with a harmless
+//!   fallback.** The registry's own indices always resolve: a session index
+//!   it holds (behind a live handle, in a namespace's owners, passed between
+//!   its own methods) names a session; a session's IP has a tally, and so
+//!   has its network while it awaits its Hello; a publisher's or browser's
+//!   namespace exists, and so does the namespace a name maps to. Code that
+//!   relies on one of these `debug_assert!`s it with a message naming the
+//!   invariant, and in a release build does nothing instead of panicking: a
+//!   bug must not become a crash a peer can trigger, so there is no
+//!   `unreachable!`.
+//!   [`Registry::check_invariants`] verifies the same invariants over the
+//!   whole registry; the tests, proptests, model and simulation tests and
+//!   the registry fuzz target call it.
 
 mod admission;
 mod bans;
@@ -47,6 +68,19 @@ pub use counters::{CodeCounts, Counters};
 pub struct ConnectionHandle {
     index: u32,
     generation: u32,
+}
+
+impl ConnectionHandle {
+    /// This handle's session, or `None` if it was removed (its slot may
+    /// hold a newer connection's session by now).
+    fn session(self, sessions: &Slab<Session>) -> Option<&Session> {
+        sessions.get(self.index as usize).filter(|s| s.generation == self.generation)
+    }
+
+    /// Like [`ConnectionHandle::session`], to change it.
+    fn session_mut(self, sessions: &mut Slab<Session>) -> Option<&mut Session> {
+        sessions.get_mut(self.index as usize).filter(|s| s.generation == self.generation)
+    }
 }
 
 impl fmt::Display for ConnectionHandle {
@@ -322,21 +356,24 @@ impl Registry {
     /// reported as [`Event::Closed`], and the session's other connections'
     /// data is untouched. Input for a closing or unknown connection is ignored.
     pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        let Some(idx) = self.index_of(connection) else { return Ok(()) };
-        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
+        let Some(session) = connection.session_mut(&mut self.sessions) else { return Ok(()) };
         if session.is_closing() {
             return Ok(());
         }
+        let idx = connection.index as usize;
         // The decoder is taken out so that frames can update the registry.
         let mut decoder = std::mem::replace(&mut session.decoder, FrameDecoder::new(0));
         let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
-        if let Some(session) = self.sessions.get_mut(idx) {
-            session.decoder = decoder;
-            if result.is_err() && session.is_closing() {
-                // Closed by an earlier frame of this input (Goodbye): what
-                // follows is ignored, like any input for a closing connection.
-                return Ok(());
+        match self.sessions.get_mut(idx) {
+            Some(session) => {
+                session.decoder = decoder;
+                if result.is_err() && session.is_closing() {
+                    // Closed by an earlier frame of this input (Goodbye): what
+                    // follows is ignored, like any input for a closing connection.
+                    return Ok(());
+                }
             }
+            None => debug_assert!(false, "invariant: only `remove` removes a session, never its frames"),
         }
         if let Err(error) = &result {
             self.close_session(idx, Some(error.clone()));
@@ -351,11 +388,11 @@ impl Registry {
     /// session closes with `PROTOCOL_VIOLATION`. Either way the close is
     /// reported as [`Event::Closed`]; a closing or unknown connection is ignored.
     pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
-        let Some(idx) = self.index_of(connection) else { return Ok(()) };
-        let Some(session) = self.sessions.get(idx) else { return Ok(()) };
+        let Some(session) = connection.session(&self.sessions) else { return Ok(()) };
         if session.is_closing() {
             return Ok(());
         }
+        let idx = connection.index as usize;
         match session.decoder.buffered() {
             0 => {
                 self.close_session_with(idx, None, "session stream finished");
@@ -479,9 +516,13 @@ impl Registry {
     }
 
     /// The connection is gone (closed by either side): releases its session.
-    /// Its entry, if it published one, is removed.
+    /// Its entry, if it published one, is removed. An unknown connection
+    /// (removed already) is ignored.
     pub fn remove(&mut self, connection: ConnectionHandle) {
-        let Some(idx) = self.index_of(connection) else { return };
+        if connection.session(&self.sessions).is_none() {
+            return;
+        }
+        let idx = connection.index as usize;
         let session = self.sessions.remove(idx);
         self.release(idx, session.peer.ip(), session.state);
     }
@@ -491,20 +532,23 @@ impl Registry {
 impl Registry {
     /// Appends the connection's due output to `buf`; returns whether it wrote
     /// anything. Call it while the stream can take more and it returns true.
+    /// An unknown connection has no output.
     ///
     /// Browsers get their changes here, built on demand from the revision log:
     /// a browser that does not read costs nothing but its cursor.
     #[must_use]
     pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
-        let Some(idx) = self.index_of(connection) else { return false };
+        let Some(session) = connection.session_mut(&mut self.sessions) else { return false };
         let start = buf.len();
-        let Some(session) = self.sessions.get_mut(idx) else { return false };
         match &mut session.state {
             State::Handshaking => {}
             State::Closing { tail, .. } => buf.append(tail),
             State::Publisher(p) => p.poll_transmit(&self.config, self.epoch, buf),
             State::Browser(b) => {
-                let Some(ns) = self.namespaces.get_mut(b.ns) else { return false };
+                let Some(ns) = self.namespaces.get_mut(b.ns) else {
+                    debug_assert!(false, "invariant: a browser's namespace exists");
+                    return false;
+                };
                 b.poll_transmit(&mut ns.log, &self.config, self.epoch, &mut self.counters, now, buf);
             }
         }
@@ -518,14 +562,15 @@ impl Registry {
     /// still to be taken, or the connection is unknown.
     #[must_use]
     pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
-        self.sessions.get(self.index_of(connection)?)?.close_reason()
+        connection.session(&self.sessions)?.close_reason()
     }
 
     /// When the connection next has output without new input: a browser's
-    /// next update. `None` when only input can produce output.
+    /// next update. `None` when only input can produce output, or the
+    /// connection is unknown.
     #[must_use]
     pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
-        self.sessions.get(self.index_of(connection)?)?.timeout()
+        connection.session(&self.sessions)?.timeout()
     }
 
     /// The earliest registry-wide deadline (handshake or heartbeat timeout).
@@ -607,10 +652,10 @@ impl Registry {
     /// Bytes the registry holds for this one connection: the session record
     /// and its partial-frame buffer. A browser's is constant however far
     /// behind it falls, since the changes it has yet to receive are built
-    /// from the shared log when it reads.
+    /// from the shared log when it reads. `None` for an unknown connection.
     #[must_use]
     pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
-        Some(self.sessions.get(self.index_of(connection)?)?.memory())
+        Some(connection.session(&self.sessions)?.memory())
     }
 
     /// Nodes (entries, tombstones, ghosts) held by all revision logs.
@@ -650,26 +695,34 @@ impl Registry {
         Ok(ConnectionHandle { index, generation })
     }
 
-    fn index_of(&self, connection: ConnectionHandle) -> Option<usize> {
-        let idx = connection.index as usize;
-        let session = self.sessions.get(idx)?;
-        (session.generation == connection.generation).then_some(idx)
-    }
-
+    /// The handle of the session at `idx`, which must exist.
     fn handle_at(&self, idx: usize) -> ConnectionHandle {
-        ConnectionHandle { index: idx as u32, generation: self.sessions.get(idx).map_or(0, |s| s.generation) }
+        let generation = match self.sessions.get(idx) {
+            Some(session) => session.generation,
+            None => {
+                debug_assert!(false, "invariant: the registry only holds indices of existing sessions");
+                0
+            }
+        };
+        ConnectionHandle { index: idx as u32, generation }
     }
 
     /// The namespace called `name`, if it exists.
     fn namespace_named(&self, name: &str) -> Option<&Namespace> {
-        self.namespace_ids.get(name).and_then(|&idx| self.namespaces.get(idx))
+        let ns = self.namespaces.get(*self.namespace_ids.get(name)?);
+        debug_assert!(ns.is_some(), "invariant: every name in namespace_ids names a namespace");
+        ns
     }
 
     fn on_frame(&mut self, idx: usize, now: Instant, frame: Frame<'_>) -> Result<(), Error> {
-        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
+        let Some(session) = self.sessions.get_mut(idx) else {
+            debug_assert!(false, "invariant: frames are decoded for an existing session");
+            return Ok(());
+        };
+        let (peer, max_blob_decodable) = (session.peer, session.max_blob_decodable);
         match (&mut session.state, frame) {
             (State::Closing { .. }, _) | (_, Frame::Unknown { .. }) => Ok(()),
-            (State::Handshaking, Frame::Hello(hello)) => self.on_hello(idx, now, hello),
+            (State::Handshaking, Frame::Hello(hello)) => self.on_hello(idx, peer, max_blob_decodable, now, hello),
             (_, Frame::Goodbye) => {
                 self.close_session(idx, None);
                 Ok(())
@@ -679,7 +732,10 @@ impl Registry {
                     return Err(Error::BlobTooLarge { len: blob.len(), max: p.max_blob_size });
                 }
                 p.last_seen = now;
-                let Some(ns) = self.namespaces.get_mut(p.ns) else { return Ok(()) };
+                let Some(ns) = self.namespaces.get_mut(p.ns) else {
+                    debug_assert!(false, "invariant: a publisher's namespace exists");
+                    return Ok(());
+                };
                 match ns.log.upsert(p.key, blob, p.port_declared, now, &mut self.revision) {
                     Upserted::Unchanged => self.stats.heartbeats_unchanged += 1,
                     Upserted::Inserted | Upserted::Updated => self.stats.heartbeats_applied += 1,
@@ -701,13 +757,22 @@ impl Registry {
         }
     }
 
-    fn on_hello(&mut self, idx: usize, now: Instant, hello: Hello<'_>) -> Result<(), Error> {
-        let Some((peer, max_blob_decodable)) = self.sessions.get(idx).map(|s| (s.peer, s.max_blob_decodable)) else {
-            return Ok(());
-        };
+    /// The Hello of the handshaking session at `idx`, from `peer`, whose
+    /// frames carry blobs of at most `max_blob_decodable` bytes.
+    fn on_hello(
+        &mut self,
+        idx: usize,
+        peer: SocketAddr,
+        max_blob_decodable: usize,
+        now: Instant,
+        hello: Hello<'_>,
+    ) -> Result<(), Error> {
         self.admit_hello(now, peer, &hello)?;
         let ns_idx = self.namespace_for(hello.namespace);
-        let Some(ns) = self.namespaces.get_mut(ns_idx) else { return Ok(()) };
+        let Some(ns) = self.namespaces.get_mut(ns_idx) else {
+            debug_assert!(false, "invariant: namespace_for returns an existing namespace");
+            return Ok(());
+        };
         self.stats.handshakes -= 1;
         Self::release_handshake(&mut self.handshakes_per_network, peer.ip());
         let per_ip = self.per_ip.entry(peer.ip()).or_default();
@@ -763,8 +828,9 @@ impl Registry {
             }
         };
         let namespace = ns.name.clone();
-        if let Some(session) = self.sessions.get_mut(idx) {
-            session.state = state;
+        match self.sessions.get_mut(idx) {
+            Some(session) => session.state = state,
+            None => debug_assert!(false, "invariant: a Hello is handled for an existing session"),
         }
         if hello.role == Role::Publisher {
             if let Some(at) = deadline(now, self.config.entry_ttl) {
@@ -813,7 +879,10 @@ impl Registry {
 
     /// Like `close_session`, naming the reason of a graceful close.
     fn close_session_with(&mut self, idx: usize, error: Option<Error>, graceful_reason: &str) {
-        let Some(session) = self.sessions.get_mut(idx) else { return };
+        let Some(session) = self.sessions.get_mut(idx) else {
+            debug_assert!(false, "invariant: the registry only closes existing sessions");
+            return;
+        };
         if session.is_closing() {
             return;
         }
@@ -840,39 +909,51 @@ impl Registry {
             State::Handshaking => {
                 self.stats.handshakes -= 1;
                 Self::release_handshake(&mut self.handshakes_per_network, ip);
-                if let Some(c) = self.per_ip.get_mut(&ip) {
-                    c.handshakes -= 1;
-                    if c.publishers == 0 && c.browsers == 0 && c.handshakes == 0 {
-                        self.per_ip.remove(&ip);
+                match self.per_ip.get_mut(&ip) {
+                    Some(c) => {
+                        c.handshakes -= 1;
+                        if c.publishers == 0 && c.browsers == 0 && c.handshakes == 0 {
+                            self.per_ip.remove(&ip);
+                        }
                     }
+                    None => debug_assert!(false, "invariant: a session's IP has a per-IP tally"),
                 }
                 return;
             }
             State::Publisher(p) => {
                 self.stats.publishers -= 1;
-                if let Some(c) = self.per_ip.get_mut(&ip) {
-                    c.publishers -= 1;
+                match self.per_ip.get_mut(&ip) {
+                    Some(c) => c.publishers -= 1,
+                    None => debug_assert!(false, "invariant: a session's IP has a per-IP tally"),
                 }
-                if let Some(ns) = self.namespaces.get_mut(p.ns) {
-                    ns.publishers -= 1;
-                    if ns.publishers == 0 {
-                        self.published_namespaces -= 1;
+                match self.namespaces.get_mut(p.ns) {
+                    Some(ns) => {
+                        ns.publishers -= 1;
+                        if ns.publishers == 0 {
+                            self.published_namespaces -= 1;
+                        }
+                        // A takeover may have given the entry to a newer session.
+                        if ns.owners.get(&p.key) == Some(&idx) {
+                            ns.owners.remove(&p.key);
+                            ns.log.remove(&p.key, &mut self.revision, self.config.max_tombstones);
+                        }
                     }
-                    if ns.owners.get(&p.key) == Some(&idx) {
-                        ns.owners.remove(&p.key);
-                        ns.log.remove(&p.key, &mut self.revision, self.config.max_tombstones);
-                    }
+                    None => debug_assert!(false, "invariant: a publisher's namespace exists"),
                 }
                 p.ns
             }
             State::Browser(mut b) => {
                 self.stats.browsers -= 1;
-                if let Some(c) = self.per_ip.get_mut(&ip) {
-                    c.browsers -= 1;
+                match self.per_ip.get_mut(&ip) {
+                    Some(c) => c.browsers -= 1,
+                    None => debug_assert!(false, "invariant: a session's IP has a per-IP tally"),
                 }
-                if let Some(ns) = self.namespaces.get_mut(b.ns) {
-                    ns.browsers -= 1;
-                    ns.log.release(&mut b.cursor);
+                match self.namespaces.get_mut(b.ns) {
+                    Some(ns) => {
+                        ns.browsers -= 1;
+                        ns.log.release(&mut b.cursor);
+                    }
+                    None => debug_assert!(false, "invariant: a browser's namespace exists"),
                 }
                 b.ns
             }
@@ -889,11 +970,14 @@ impl Registry {
     /// Counts one connection of `ip` out of the per-network handshake tally.
     fn release_handshake(per_network: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
         let (network, _) = network_of(ip);
-        if let Some(n) = per_network.get_mut(&network) {
-            *n -= 1;
-            if *n == 0 {
-                per_network.remove(&network);
+        match per_network.get_mut(&network) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    per_network.remove(&network);
+                }
             }
+            None => debug_assert!(false, "invariant: a handshaking session's network has a handshake tally"),
         }
     }
 }
