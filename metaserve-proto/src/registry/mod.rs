@@ -281,7 +281,7 @@ fn deadline(now: Instant, after: Duration) -> Option<Instant> {
     now.checked_add(after)
 }
 
-// Construction, getters and configuration.
+// Construction and getters.
 impl Registry {
     /// A registry with `config`, identified by `epoch`.
     ///
