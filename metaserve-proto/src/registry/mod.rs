@@ -9,10 +9,34 @@
 //! [`Registry::handle_timeout`]; a browser's next update through
 //! [`Registry::poll_connection_timeout`]. Connections the registry decides to
 //! close are reported by [`Registry::poll_event`].
+//!
+//! # Invariant policy
+//!
+//! - **What the driver may legitimately do is handled, as each method
+//!   documents.** A handle it still holds after [`Registry::remove`], or one
+//!   otherwise unknown, is ignored: input and removal do nothing, output
+//!   and introspection return nothing. Input, a stream's end or a timer for
+//!   a session that is already closing is ignored too.
+//! - **What is impossible by construction is asserted, with a harmless
+//!   fallback.** The registry's own indices always resolve: a session index
+//!   it holds (behind a live handle, in a namespace's owners, passed between
+//!   its own methods) names a session; a session's IP has a tally, and so
+//!   has its network while it awaits its Hello; a publisher's or browser's
+//!   namespace exists, and so does the namespace a name maps to. Code that
+//!   relies on one of these `debug_assert!`s it with a message naming the
+//!   invariant, and in a release build does nothing instead of panicking: a
+//!   bug must not become a crash a peer can trigger, so there is no
+//!   `unreachable!`.
+//!   [`Registry::check_invariants`] verifies the same invariants over the
+//!   whole registry; the tests, proptests, model and simulation tests and
+//!   the registry fuzz target call it.
 
+mod admission;
 mod bans;
 mod counters;
+mod invariants;
 mod log;
+mod session;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,9 +51,11 @@ use slab::Slab;
 use crate::config::RegistryConfig;
 use crate::decoder::FrameDecoder;
 use crate::error::{Error, ErrorCode};
-use crate::frame::{Frame, Hello, PublisherInfo, Reject, Role, Welcome, PROTOCOL_VERSION};
+use crate::frame::{Frame, Hello, Reject, Role};
 use crate::{varint, Server};
+use admission::{entry_key, network_of};
 use log::{Cursor, Log, Upserted};
+use session::{Browsing, Publishing, Session, State};
 
 pub use bans::{Ban, BanTarget, BanTargetError};
 pub use counters::{CodeCounts, Counters};
@@ -42,6 +68,19 @@ pub use counters::{CodeCounts, Counters};
 pub struct ConnectionHandle {
     index: u32,
     generation: u32,
+}
+
+impl ConnectionHandle {
+    /// This handle's session, or `None` if it was removed (its slot may
+    /// hold a newer connection's session by now).
+    fn session(self, sessions: &Slab<Session>) -> Option<&Session> {
+        sessions.get(self.index as usize).filter(|s| s.generation == self.generation)
+    }
+
+    /// Like [`ConnectionHandle::session`], to change it.
+    fn session_mut(self, sessions: &mut Slab<Session>) -> Option<&mut Session> {
+        sessions.get_mut(self.index as usize).filter(|s| s.generation == self.generation)
+    }
 }
 
 impl fmt::Display for ConnectionHandle {
@@ -159,57 +198,6 @@ struct Namespace {
     browsers: usize,
 }
 
-#[derive(Debug)]
-struct Publishing {
-    ns: usize,
-    id: u64,
-    key: SocketAddr,
-    port_declared: bool,
-    last_seen: Instant,
-    welcome_pending: bool,
-    /// The limits promised in this session's Welcome, kept across `set_config`.
-    max_blob_size: usize,
-    entry_ttl: Duration,
-}
-
-#[derive(Debug)]
-struct Browsing {
-    ns: usize,
-    cursor: Cursor,
-    welcome_pending: bool,
-    reset_pending: bool,
-    /// A batch of changes is being sent; it ends, with Synced, when the
-    /// cursor reaches the log's head.
-    flushing: bool,
-    next_flush: Instant,
-}
-
-#[derive(Debug)]
-enum State {
-    Handshaking,
-    Publisher(Publishing),
-    Browser(Browsing),
-    /// Closed by the registry. `tail` holds the session's final frames,
-    /// still to be taken by `poll_transmit`: a Welcome that was due when the
-    /// session ended, then the Reject of an error close.
-    Closing {
-        tail: Vec<u8>,
-        code: ErrorCode,
-        reason: String,
-    },
-}
-
-#[derive(Debug)]
-struct Session {
-    generation: u32,
-    peer: SocketAddr,
-    decoder: FrameDecoder,
-    /// The largest blob `decoder` takes, fixed at accept: a Welcome never
-    /// promises more, even if `set_config` raised the limit since.
-    max_blob_decodable: usize,
-    state: State,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     /// Closes a session still without Hello.
@@ -224,19 +212,6 @@ struct PerIp {
     browsers: usize,
     /// Connections before their Hello.
     handshakes: usize,
-}
-
-/// Prefix lengths of the networks that per-network limits count in: an
-/// IPv4 /24 and an IPv6 /48 are what one operator typically holds.
-const NETWORK_PREFIX_V4: u8 = 24;
-const NETWORK_PREFIX_V6: u8 = 48;
-
-/// The network `ip` (canonical) is counted in, and its prefix length.
-fn network_of(ip: IpAddr) -> (IpAddr, u8) {
-    match ip {
-        IpAddr::V4(v4) => (IpAddr::V4((u32::from(v4) & !0xff).into()), NETWORK_PREFIX_V4),
-        IpAddr::V6(v6) => (IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()), NETWORK_PREFIX_V6),
-    }
 }
 
 /// The meta server's state machine: namespaces, their revision logs, and one
@@ -306,23 +281,7 @@ fn deadline(now: Instant, after: Duration) -> Option<Instant> {
     now.checked_add(after)
 }
 
-fn token_matches(expected: &[u8], given: &[u8]) -> bool {
-    // Constant time in the token's content, so a guesser learns nothing from timing.
-    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-fn validate_namespace(name: &str, max_len: usize) -> Result<(), Error> {
-    if name.is_empty() {
-        Err(Error::InvalidNamespace("empty"))
-    } else if name.len() > max_len {
-        Err(Error::InvalidNamespace("too long"))
-    } else if name.chars().any(char::is_control) {
-        Err(Error::InvalidNamespace("contains control characters"))
-    } else {
-        Ok(())
-    }
-}
-
+// Construction and getters.
 impl Registry {
     /// A registry with `config`, identified by `epoch`.
     ///
@@ -354,27 +313,137 @@ impl Registry {
     }
 
     /// The configuration in force.
+    #[must_use]
     pub fn config(&self) -> &RegistryConfig {
         &self.config
     }
 
     /// This registry's epoch, carried by every Welcome. A resume point is
     /// meaningful only in the namespace that issued it.
+    #[must_use]
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    /// Requires publishers of `namespace` to present one of `tokens`. An empty
-    /// list lifts the requirement. Takes effect for Hellos from now on.
-    pub fn set_publish_tokens<T: AsRef<[u8]>>(&mut self, namespace: &str, tokens: impl IntoIterator<Item = T>) {
-        let tokens: Vec<Bytes> = tokens.into_iter().map(|t| Bytes::copy_from_slice(t.as_ref())).collect();
-        if tokens.is_empty() {
-            self.tokens.remove(namespace);
-        } else {
-            self.tokens.insert(namespace.into(), tokens);
+    /// The ban list in force, as last set.
+    #[must_use]
+    pub fn bans(&self) -> &[Ban] {
+        self.bans.bans()
+    }
+}
+
+// Input: connections, bytes, stream ends and time.
+impl Registry {
+    /// Registers a new connection from `peer`, which must send Hello within
+    /// the handshake timeout.
+    ///
+    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`], with
+    /// [`Error::Banned`] when a ban in force covers `peer`, and with
+    /// [`Error::ServerFull`] when `max_handshakes` connections are already
+    /// waiting for their Hello; the driver closes the connection with the
+    /// error's code. Refusals are counted in [`Counters::refused`].
+    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
+        let result = self.accept_session(now, peer);
+        if let Err(error) = &result {
+            self.counters.refused.add(error.code());
+        }
+        result
+    }
+
+    /// Feeds bytes read from the connection's stream, cut anywhere.
+    ///
+    /// An error means the registry closed the connection: it is also
+    /// reported as [`Event::Closed`], and the session's other connections'
+    /// data is untouched. Input for a closing or unknown connection is ignored.
+    pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        let Some(session) = connection.session_mut(&mut self.sessions) else { return Ok(()) };
+        if session.is_closing() {
+            return Ok(());
+        }
+        let idx = connection.index as usize;
+        // The decoder is taken out so that frames can update the registry.
+        let mut decoder = std::mem::replace(&mut session.decoder, FrameDecoder::new(0));
+        let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
+        match self.sessions.get_mut(idx) {
+            Some(session) => {
+                session.decoder = decoder;
+                if result.is_err() && session.is_closing() {
+                    // Closed by an earlier frame of this input (Goodbye): what
+                    // follows is ignored, like any input for a closing connection.
+                    return Ok(());
+                }
+            }
+            None => debug_assert!(false, "invariant: only `remove` removes a session, never its frames"),
+        }
+        if let Err(error) = &result {
+            self.close_session(idx, Some(error.clone()));
+        }
+        result
+    }
+
+    /// The client finished its session stream (a QUIC FIN). Ending between
+    /// frames is a graceful end, like Goodbye: the session closes with
+    /// `NO_ERROR` ("session stream finished"). Ending inside a frame is a
+    /// protocol violation: [`Error::StreamEndedInFrame`] is returned and the
+    /// session closes with `PROTOCOL_VIOLATION`. Either way the close is
+    /// reported as [`Event::Closed`]; a closing or unknown connection is ignored.
+    pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
+        let Some(session) = connection.session(&self.sessions) else { return Ok(()) };
+        if session.is_closing() {
+            return Ok(());
+        }
+        let idx = connection.index as usize;
+        match session.decoder.buffered() {
+            0 => {
+                self.close_session_with(idx, None, "session stream finished");
+                Ok(())
+            }
+            buffered => {
+                let error = Error::StreamEndedInFrame { buffered };
+                self.close_session(idx, Some(error.clone()));
+                Err(error)
+            }
         }
     }
 
+    /// Closes connections whose handshake or heartbeat timed out by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, idx, generation, kind))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.sessions.get(idx).filter(|s| s.generation == generation) else {
+                continue;
+            };
+            match (&session.state, kind) {
+                (State::Handshaking, TimerKind::Handshake) => self.close_session(idx, Some(Error::HandshakeTimeout)),
+                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, p.entry_ttl) {
+                    Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
+                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation, kind))),
+                    None => {}
+                },
+                _ => {} // the session has moved on since the timer was set
+            }
+        }
+        // Timers of removed sessions stay queued until due; keep them bounded.
+        if self.timers.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.timers.retain(|Reverse((_, idx, generation, kind))| {
+                sessions.get(*idx).is_some_and(|s| {
+                    s.generation == *generation
+                        && matches!(
+                            (&s.state, kind),
+                            (State::Handshaking, TimerKind::Handshake) | (State::Publisher(_), TimerKind::EntryTtl)
+                        )
+                })
+            });
+        }
+    }
+}
+
+// Mutators: configuration, bans, shutdown, removal.
+impl Registry {
     /// Replaces the configuration. What changes, and when:
     ///
     /// - **New connections and Hellos** get every new value: handshake
@@ -395,6 +464,17 @@ impl Registry {
     ///   **transmit chunk** at the next [`Registry::poll_transmit`].
     pub fn set_config(&mut self, config: RegistryConfig) {
         self.config = config;
+    }
+
+    /// Requires publishers of `namespace` to present one of `tokens`. An empty
+    /// list lifts the requirement. Takes effect for Hellos from now on.
+    pub fn set_publish_tokens<T: AsRef<[u8]>>(&mut self, namespace: &str, tokens: impl IntoIterator<Item = T>) {
+        let tokens: Vec<Bytes> = tokens.into_iter().map(|t| Bytes::copy_from_slice(t.as_ref())).collect();
+        if tokens.is_empty() {
+            self.tokens.remove(namespace);
+        } else {
+            self.tokens.insert(namespace.into(), tokens);
+        }
     }
 
     /// Replaces the ban list. Connections from a banned address are refused
@@ -426,52 +506,177 @@ impl Registry {
         closed
     }
 
-    /// The ban list in force, as last set.
-    pub fn bans(&self) -> &[Ban] {
-        self.bans.bans()
+    /// Closes every connection with `SHUTTING_DOWN` and refuses new ones.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let open: Vec<usize> = self.sessions.iter().map(|(idx, _)| idx).collect();
+        for idx in open {
+            self.close_session(idx, Some(Error::ShuttingDown));
+        }
+    }
+
+    /// The connection is gone (closed by either side): releases its session.
+    /// Its entry, if it published one, is removed. An unknown connection
+    /// (removed already) is ignored.
+    pub fn remove(&mut self, connection: ConnectionHandle) {
+        if connection.session(&self.sessions).is_none() {
+            return;
+        }
+        let idx = connection.index as usize;
+        let session = self.sessions.remove(idx);
+        self.release(idx, session.peer.ip(), session.state);
+    }
+}
+
+// Output: bytes, closes, deadlines and events.
+impl Registry {
+    /// Appends the connection's due output to `buf`; returns whether it wrote
+    /// anything. Call it while the stream can take more and it returns true.
+    /// An unknown connection has no output.
+    ///
+    /// Browsers get their changes here, built on demand from the revision log:
+    /// a browser that does not read costs nothing but its cursor.
+    #[must_use]
+    pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let Some(session) = connection.session_mut(&mut self.sessions) else { return false };
+        let start = buf.len();
+        match &mut session.state {
+            State::Handshaking => {}
+            State::Closing { tail, .. } => buf.append(tail),
+            State::Publisher(p) => p.poll_transmit(&self.config, self.epoch, buf),
+            State::Browser(b) => {
+                let Some(ns) = self.namespaces.get_mut(b.ns) else {
+                    debug_assert!(false, "invariant: a browser's namespace exists");
+                    return false;
+                };
+                b.poll_transmit(&mut ns.log, &self.config, self.epoch, &mut self.counters, now, buf);
+            }
+        }
+        buf.len() > start
+    }
+
+    /// Once this connection's session has ended and [`Registry::poll_transmit`]
+    /// has yielded its final frames: the code and reason to close the QUIC
+    /// connection with (see [`Event::Closed`] for the order of the driver's
+    /// steps). `None` while the session is open, or its final frames are
+    /// still to be taken, or the connection is unknown.
+    #[must_use]
+    pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
+        connection.session(&self.sessions)?.close_reason()
+    }
+
+    /// When the connection next has output without new input: a browser's
+    /// next update. `None` when only input can produce output, or the
+    /// connection is unknown.
+    #[must_use]
+    pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
+        connection.session(&self.sessions)?.timeout()
+    }
+
+    /// The earliest registry-wide deadline (handshake or heartbeat timeout).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// The next event for the driver, if any. Drain after every call that
+    /// takes input or time.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+// Introspection: read-only views of the registry.
+impl Registry {
+    /// Counts across the registry.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        stats.namespaces = self.namespaces.len();
+        stats.revision = self.revision;
+        for (_, ns) in &self.namespaces {
+            stats.entries += ns.log.live();
+            stats.tombstones += ns.log.tombstones();
+            stats.ghosts += ns.log.ghosts();
+        }
+        stats
+    }
+
+    /// Every namespace with its counts.
+    pub fn namespaces(&self) -> impl Iterator<Item = NamespaceInfo> + '_ {
+        self.namespaces.iter().map(|(_, ns)| NamespaceInfo {
+            name: ns.name.clone(),
+            publishers: ns.publishers,
+            browsers: ns.browsers,
+            entries: ns.log.live(),
+            tombstones: ns.log.tombstones(),
+            revision: ns.log.last_rev(),
+        })
+    }
+
+    /// The live entries of `namespace`, in revision order (oldest change first).
+    pub fn servers(&self, namespace: &str) -> impl Iterator<Item = Server> + '_ {
+        let log = self.namespace_named(namespace).map(|ns| &ns.log);
+        log.into_iter().flat_map(Log::entries).map(|(revision, address, port_declared, blob)| Server {
+            address,
+            port_declared,
+            blob: blob.clone(),
+            revision,
+        })
+    }
+
+    /// The live entries of `namespace` with the time each version was
+    /// published, in revision order (oldest change first).
+    pub fn entries(&self, namespace: &str) -> impl Iterator<Item = EntryInfo> + '_ {
+        let log = self.namespace_named(namespace).map(|ns| &ns.log);
+        log.into_iter().flat_map(Log::entries_changed).map(|(revision, address, port_declared, blob, changed)| {
+            EntryInfo { address, port_declared, blob: blob.clone(), revision, changed }
+        })
+    }
+
+    /// The newest revision of `namespace`, or `None` if it does not exist.
+    /// Any change to its list (entry added, changed or removed) raises it.
+    #[must_use]
+    pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
+        let ns = self.namespace_named(namespace)?;
+        Some(ns.log.last_rev())
+    }
+
+    /// Monotonic counters since the registry was created.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Bytes the registry holds for this one connection: the session record
+    /// and its partial-frame buffer. A browser's is constant however far
+    /// behind it falls, since the changes it has yet to receive are built
+    /// from the shared log when it reads. `None` for an unknown connection.
+    #[must_use]
+    pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
+        Some(connection.session(&self.sessions)?.memory())
+    }
+
+    /// Nodes (entries, tombstones, ghosts) held by all revision logs.
+    #[must_use]
+    pub fn log_nodes(&self) -> usize {
+        self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
     }
 
     /// The ban in force at `now` that covers `addr`, if any.
+    #[must_use]
     pub fn ban_for(&self, now: Instant, addr: SocketAddr) -> Option<&Ban> {
         self.bans.lookup(now, addr)
     }
+}
 
-    /// Registers a new connection from `peer`, which must send Hello within
-    /// the handshake timeout.
-    ///
-    /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`], with
-    /// [`Error::Banned`] when a ban in force covers `peer`, and with
-    /// [`Error::ServerFull`] when `max_handshakes` connections are already
-    /// waiting for their Hello; the driver closes the connection with the
-    /// error's code. Refusals are counted in [`Counters::refused`].
-    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
-        let result = self.accept_session(now, peer);
-        if let Err(error) = &result {
-            self.counters.refused.add(error.code());
-        }
-        result
-    }
-
+// Internals: handles, frames, and a session's start and end.
+impl Registry {
     fn accept_session(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
-        if self.shutting_down {
-            return Err(Error::ShuttingDown);
-        }
-        if let Some(ban) = self.bans.lookup(now, peer) {
-            return Err(Error::Banned { reason: ban.reason.clone() });
-        }
+        self.admit_connection(now, peer)?;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        if self.stats.handshakes >= self.config.max_handshakes {
-            return Err(Error::ServerFull { what: "pending handshakes", max: self.config.max_handshakes });
-        }
-        let max = self.config.max_handshakes_per_ip;
-        if self.per_ip.get(&peer.ip()).is_some_and(|c| c.handshakes >= max) {
-            return Err(Error::HandshakeLimit { from: peer.ip(), prefix_len: None, max });
-        }
-        let (network, prefix_len) = network_of(peer.ip());
-        let max = self.config.max_handshakes_per_network;
-        if self.handshakes_per_network.get(&network).is_some_and(|&n| n >= max) {
-            return Err(Error::HandshakeLimit { from: network, prefix_len: Some(prefix_len), max });
-        }
+        let (network, _) = network_of(peer.ip());
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let entry = self.sessions.vacant_entry();
@@ -480,14 +685,7 @@ impl Registry {
         };
         let idx = entry.key();
         let max_frame = self.config.max_frame_size();
-        entry.insert(Session {
-            generation,
-            peer,
-            decoder: FrameDecoder::new(max_frame),
-            // A Heartbeat's payload is the blob and its varint length.
-            max_blob_decodable: max_frame.saturating_sub(varint::len(varint::MAX)),
-            state: State::Handshaking,
-        });
+        entry.insert(Session::new(generation, peer, max_frame));
         if let Some(at) = deadline(now, self.config.handshake_timeout) {
             self.timers.push(Reverse((at, idx, generation, TimerKind::Handshake)));
         }
@@ -497,49 +695,34 @@ impl Registry {
         Ok(ConnectionHandle { index, generation })
     }
 
-    fn index_of(&self, connection: ConnectionHandle) -> Option<usize> {
-        let idx = connection.index as usize;
-        let session = self.sessions.get(idx)?;
-        (session.generation == connection.generation).then_some(idx)
-    }
-
+    /// The handle of the session at `idx`, which must exist.
     fn handle_at(&self, idx: usize) -> ConnectionHandle {
-        ConnectionHandle { index: idx as u32, generation: self.sessions.get(idx).map_or(0, |s| s.generation) }
+        let generation = match self.sessions.get(idx) {
+            Some(session) => session.generation,
+            None => {
+                debug_assert!(false, "invariant: the registry only holds indices of existing sessions");
+                0
+            }
+        };
+        ConnectionHandle { index: idx as u32, generation }
     }
 
-    /// Feeds bytes read from the connection's stream, cut anywhere.
-    ///
-    /// An error means the registry closed the connection: it is also
-    /// reported as [`Event::Closed`], and the session's other connections'
-    /// data is untouched. Input for a closing or unknown connection is ignored.
-    pub fn handle_input(&mut self, connection: ConnectionHandle, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        let Some(idx) = self.index_of(connection) else { return Ok(()) };
-        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
-        if matches!(session.state, State::Closing { .. }) {
-            return Ok(());
-        }
-        // The decoder is taken out so that frames can update the registry.
-        let mut decoder = std::mem::replace(&mut session.decoder, FrameDecoder::new(0));
-        let result = decoder.decode(bytes, |frame| self.on_frame(idx, now, frame));
-        if let Some(session) = self.sessions.get_mut(idx) {
-            session.decoder = decoder;
-            if result.is_err() && matches!(session.state, State::Closing { .. }) {
-                // Closed by an earlier frame of this input (Goodbye): what
-                // follows is ignored, like any input for a closing connection.
-                return Ok(());
-            }
-        }
-        if let Err(error) = &result {
-            self.close_session(idx, Some(error.clone()));
-        }
-        result
+    /// The namespace called `name`, if it exists.
+    fn namespace_named(&self, name: &str) -> Option<&Namespace> {
+        let ns = self.namespaces.get(*self.namespace_ids.get(name)?);
+        debug_assert!(ns.is_some(), "invariant: every name in namespace_ids names a namespace");
+        ns
     }
 
     fn on_frame(&mut self, idx: usize, now: Instant, frame: Frame<'_>) -> Result<(), Error> {
-        let Some(session) = self.sessions.get_mut(idx) else { return Ok(()) };
+        let Some(session) = self.sessions.get_mut(idx) else {
+            debug_assert!(false, "invariant: frames are decoded for an existing session");
+            return Ok(());
+        };
+        let (peer, max_blob_decodable) = (session.peer, session.max_blob_decodable);
         match (&mut session.state, frame) {
             (State::Closing { .. }, _) | (_, Frame::Unknown { .. }) => Ok(()),
-            (State::Handshaking, Frame::Hello(hello)) => self.on_hello(idx, now, hello),
+            (State::Handshaking, Frame::Hello(hello)) => self.on_hello(idx, peer, max_blob_decodable, now, hello),
             (_, Frame::Goodbye) => {
                 self.close_session(idx, None);
                 Ok(())
@@ -549,7 +732,10 @@ impl Registry {
                     return Err(Error::BlobTooLarge { len: blob.len(), max: p.max_blob_size });
                 }
                 p.last_seen = now;
-                let Some(ns) = self.namespaces.get_mut(p.ns) else { return Ok(()) };
+                let Some(ns) = self.namespaces.get_mut(p.ns) else {
+                    debug_assert!(false, "invariant: a publisher's namespace exists");
+                    return Ok(());
+                };
                 match ns.log.upsert(p.key, blob, p.port_declared, now, &mut self.revision) {
                     Upserted::Unchanged => self.stats.heartbeats_unchanged += 1,
                     Upserted::Inserted | Upserted::Updated => self.stats.heartbeats_applied += 1,
@@ -571,60 +757,29 @@ impl Registry {
         }
     }
 
-    fn on_hello(&mut self, idx: usize, now: Instant, hello: Hello<'_>) -> Result<(), Error> {
-        validate_namespace(hello.namespace, self.config.max_namespace_len)?;
-        let Some((peer, max_blob_decodable)) = self.sessions.get(idx).map(|s| (s.peer, s.max_blob_decodable)) else {
+    /// The Hello of the handshaking session at `idx`, from `peer`, whose
+    /// frames carry blobs of at most `max_blob_decodable` bytes.
+    fn on_hello(
+        &mut self,
+        idx: usize,
+        peer: SocketAddr,
+        max_blob_decodable: usize,
+        now: Instant,
+        hello: Hello<'_>,
+    ) -> Result<(), Error> {
+        self.admit_hello(now, peer, &hello)?;
+        let ns_idx = self.namespace_for(hello.namespace);
+        let Some(ns) = self.namespaces.get_mut(ns_idx) else {
+            debug_assert!(false, "invariant: namespace_for returns an existing namespace");
             return Ok(());
         };
-        let per_ip = self.per_ip.get(&peer.ip());
-        match hello.role {
-            Role::Publisher => {
-                if hello.token.len() > self.config.max_token_len {
-                    return Err(Error::Unauthorized);
-                }
-                if let Some(tokens) = self.tokens.get(hello.namespace) {
-                    if !tokens.iter().any(|t| token_matches(t, hello.token)) {
-                        return Err(Error::Unauthorized);
-                    }
-                }
-                // Taking over an entry (same IP, same port) closes its old
-                // connection, so it adds no publisher: the limits do not apply.
-                let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
-                if let Some(ban) = self.bans.lookup(now, key) {
-                    return Err(Error::Banned { reason: ban.reason.clone() });
-                }
-                let ns = self.namespace_ids.get(hello.namespace).and_then(|&i| self.namespaces.get(i));
-                if ns.is_none_or(|ns| ns.publishers == 0) && self.published_namespaces >= self.config.max_namespaces {
-                    return Err(Error::NamespaceLimit { max: self.config.max_namespaces });
-                }
-                let takes_over = ns.is_some_and(|ns| ns.owners.contains_key(&key));
-                let max = self.config.max_publishers_per_ip;
-                if !takes_over && per_ip.is_some_and(|c| c.publishers >= max) {
-                    return Err(Error::IpLimit { role: Role::Publisher, ip: peer.ip(), max });
-                }
-                if !takes_over && self.stats.publishers >= self.config.max_publishers {
-                    return Err(Error::ServerFull { what: "publishers", max: self.config.max_publishers });
-                }
-            }
-            Role::Browser => {
-                let max = self.config.max_browsers_per_ip;
-                if per_ip.is_some_and(|c| c.browsers >= max) {
-                    return Err(Error::IpLimit { role: Role::Browser, ip: peer.ip(), max });
-                }
-                if self.stats.browsers >= self.config.max_browsers {
-                    return Err(Error::ServerFull { what: "browsers", max: self.config.max_browsers });
-                }
-            }
-        }
-        let ns_idx = self.namespace_for(hello.namespace);
-        let Some(ns) = self.namespaces.get_mut(ns_idx) else { return Ok(()) };
         self.stats.handshakes -= 1;
         Self::release_handshake(&mut self.handshakes_per_network, peer.ip());
         let per_ip = self.per_ip.entry(peer.ip()).or_default();
         per_ip.handshakes -= 1;
         let (state, address, resumed, replaced) = match hello.role {
             Role::Publisher => {
-                let key = SocketAddr::new(peer.ip(), hello.declared_port.unwrap_or(peer.port()));
+                let key = entry_key(peer, &hello);
                 let id = self.next_publisher_id;
                 self.next_publisher_id += 1;
                 if ns.publishers == 0 {
@@ -673,8 +828,9 @@ impl Registry {
             }
         };
         let namespace = ns.name.clone();
-        if let Some(session) = self.sessions.get_mut(idx) {
-            session.state = state;
+        match self.sessions.get_mut(idx) {
+            Some(session) => session.state = state,
+            None => debug_assert!(false, "invariant: a Hello is handled for an existing session"),
         }
         if hello.role == Role::Publisher {
             if let Some(at) = deadline(now, self.config.entry_ttl) {
@@ -715,17 +871,6 @@ impl Registry {
         idx
     }
 
-    /// Counts one connection of `ip` out of the per-network handshake tally.
-    fn release_handshake(per_network: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
-        let (network, _) = network_of(ip);
-        if let Some(n) = per_network.get_mut(&network) {
-            *n -= 1;
-            if *n == 0 {
-                per_network.remove(&network);
-            }
-        }
-    }
-
     /// Moves the session to Closing, releases what it held, reports it.
     /// `None` is a graceful close (Goodbye).
     fn close_session(&mut self, idx: usize, error: Option<Error>) {
@@ -734,8 +879,11 @@ impl Registry {
 
     /// Like `close_session`, naming the reason of a graceful close.
     fn close_session_with(&mut self, idx: usize, error: Option<Error>, graceful_reason: &str) {
-        let Some(session) = self.sessions.get_mut(idx) else { return };
-        if matches!(session.state, State::Closing { .. }) {
+        let Some(session) = self.sessions.get_mut(idx) else {
+            debug_assert!(false, "invariant: the registry only closes existing sessions");
+            return;
+        };
+        if session.is_closing() {
             return;
         }
         let (code, reason) = match &error {
@@ -746,32 +894,9 @@ impl Registry {
         if error.as_ref().is_some_and(counters::is_heartbeat_error) {
             self.counters.heartbeats_rejected.add(code);
         }
-        let state =
-            std::mem::replace(&mut session.state, State::Closing { tail: Vec::new(), code, reason: reason.clone() });
-        // A Welcome that was due goes out before the Reject: the session was
-        // accepted, then ended, and the client is told both, in that order.
-        let mut tail = Vec::new();
-        match &state {
-            State::Publisher(p) if p.welcome_pending => {
-                let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
-                let promised = Welcome {
-                    max_blob_size: p.max_blob_size as u64,
-                    entry_ttl: p.entry_ttl,
-                    ..welcome(&self.config, self.epoch, Some(info))
-                };
-                Frame::Welcome(promised).encode(&mut tail);
-            }
-            State::Browser(b) if b.welcome_pending => {
-                Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(&mut tail);
-            }
-            _ => {}
-        }
-        if error.is_some() {
-            Frame::Reject(Reject { code, reason: &reason }).encode(&mut tail);
-        }
-        if let State::Closing { tail: pending, .. } = &mut session.state {
-            *pending = tail;
-        }
+        let reject = error.is_some().then_some(Reject { code, reason: &reason });
+        let tail = session.state.final_frames(&self.config, self.epoch, reject);
+        let state = std::mem::replace(&mut session.state, State::Closing { tail, code, reason: reason.clone() });
         let ip = session.peer.ip();
         self.release(idx, ip, state);
         let connection = self.handle_at(idx);
@@ -784,39 +909,51 @@ impl Registry {
             State::Handshaking => {
                 self.stats.handshakes -= 1;
                 Self::release_handshake(&mut self.handshakes_per_network, ip);
-                if let Some(c) = self.per_ip.get_mut(&ip) {
-                    c.handshakes -= 1;
-                    if c.publishers == 0 && c.browsers == 0 && c.handshakes == 0 {
-                        self.per_ip.remove(&ip);
+                match self.per_ip.get_mut(&ip) {
+                    Some(c) => {
+                        c.handshakes -= 1;
+                        if c.publishers == 0 && c.browsers == 0 && c.handshakes == 0 {
+                            self.per_ip.remove(&ip);
+                        }
                     }
+                    None => debug_assert!(false, "invariant: a session's IP has a per-IP tally"),
                 }
                 return;
             }
             State::Publisher(p) => {
                 self.stats.publishers -= 1;
-                if let Some(c) = self.per_ip.get_mut(&ip) {
-                    c.publishers -= 1;
+                match self.per_ip.get_mut(&ip) {
+                    Some(c) => c.publishers -= 1,
+                    None => debug_assert!(false, "invariant: a session's IP has a per-IP tally"),
                 }
-                if let Some(ns) = self.namespaces.get_mut(p.ns) {
-                    ns.publishers -= 1;
-                    if ns.publishers == 0 {
-                        self.published_namespaces -= 1;
+                match self.namespaces.get_mut(p.ns) {
+                    Some(ns) => {
+                        ns.publishers -= 1;
+                        if ns.publishers == 0 {
+                            self.published_namespaces -= 1;
+                        }
+                        // A takeover may have given the entry to a newer session.
+                        if ns.owners.get(&p.key) == Some(&idx) {
+                            ns.owners.remove(&p.key);
+                            ns.log.remove(&p.key, &mut self.revision, self.config.max_tombstones);
+                        }
                     }
-                    if ns.owners.get(&p.key) == Some(&idx) {
-                        ns.owners.remove(&p.key);
-                        ns.log.remove(&p.key, &mut self.revision, self.config.max_tombstones);
-                    }
+                    None => debug_assert!(false, "invariant: a publisher's namespace exists"),
                 }
                 p.ns
             }
             State::Browser(mut b) => {
                 self.stats.browsers -= 1;
-                if let Some(c) = self.per_ip.get_mut(&ip) {
-                    c.browsers -= 1;
+                match self.per_ip.get_mut(&ip) {
+                    Some(c) => c.browsers -= 1,
+                    None => debug_assert!(false, "invariant: a session's IP has a per-IP tally"),
                 }
-                if let Some(ns) = self.namespaces.get_mut(b.ns) {
-                    ns.browsers -= 1;
-                    ns.log.release(&mut b.cursor);
+                match self.namespaces.get_mut(b.ns) {
+                    Some(ns) => {
+                        ns.browsers -= 1;
+                        ns.log.release(&mut b.cursor);
+                    }
+                    None => debug_assert!(false, "invariant: a browser's namespace exists"),
                 }
                 b.ns
             }
@@ -830,352 +967,17 @@ impl Registry {
         }
     }
 
-    /// The client finished its session stream (a QUIC FIN). Ending between
-    /// frames is a graceful end, like Goodbye: the session closes with
-    /// `NO_ERROR` ("session stream finished"). Ending inside a frame is a
-    /// protocol violation: [`Error::StreamEndedInFrame`] is returned and the
-    /// session closes with `PROTOCOL_VIOLATION`. Either way the close is
-    /// reported as [`Event::Closed`]; a closing or unknown connection is ignored.
-    pub fn handle_finish(&mut self, connection: ConnectionHandle) -> Result<(), Error> {
-        let Some(idx) = self.index_of(connection) else { return Ok(()) };
-        let Some(session) = self.sessions.get(idx) else { return Ok(()) };
-        if matches!(session.state, State::Closing { .. }) {
-            return Ok(());
-        }
-        match session.decoder.buffered() {
-            0 => {
-                self.close_session_with(idx, None, "session stream finished");
-                Ok(())
-            }
-            buffered => {
-                let error = Error::StreamEndedInFrame { buffered };
-                self.close_session(idx, Some(error.clone()));
-                Err(error)
-            }
-        }
-    }
-
-    /// The connection is gone (closed by either side): releases its session.
-    /// Its entry, if it published one, is removed.
-    pub fn remove(&mut self, connection: ConnectionHandle) {
-        let Some(idx) = self.index_of(connection) else { return };
-        let session = self.sessions.remove(idx);
-        self.release(idx, session.peer.ip(), session.state);
-    }
-
-    /// Appends the connection's due output to `buf`; returns whether it wrote
-    /// anything. Call it while the stream can take more and it returns true.
-    ///
-    /// Browsers get their changes here, built on demand from the revision log:
-    /// a browser that does not read costs nothing but its cursor.
-    pub fn poll_transmit(&mut self, connection: ConnectionHandle, now: Instant, buf: &mut Vec<u8>) -> bool {
-        let Some(idx) = self.index_of(connection) else { return false };
-        let start = buf.len();
-        let Some(session) = self.sessions.get_mut(idx) else { return false };
-        match &mut session.state {
-            State::Handshaking => {}
-            State::Closing { tail, .. } => buf.append(tail),
-            State::Publisher(p) => {
-                if std::mem::take(&mut p.welcome_pending) {
-                    let info = PublisherInfo { id: p.id, address: p.key, port_declared: p.port_declared };
-                    let promised = Welcome {
-                        max_blob_size: p.max_blob_size as u64,
-                        entry_ttl: p.entry_ttl,
-                        ..welcome(&self.config, self.epoch, Some(info))
-                    };
-                    Frame::Welcome(promised).encode(buf);
+    /// Counts one connection of `ip` out of the per-network handshake tally.
+    fn release_handshake(per_network: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+        let (network, _) = network_of(ip);
+        match per_network.get_mut(&network) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    per_network.remove(&network);
                 }
             }
-            State::Browser(b) => {
-                let Some(ns) = self.namespaces.get_mut(b.ns) else { return false };
-                if std::mem::take(&mut b.welcome_pending) {
-                    Frame::Welcome(welcome(&self.config, self.epoch, None)).encode(buf);
-                }
-                let log = &mut ns.log;
-                if !b.flushing && now >= b.next_flush {
-                    b.flushing = log.last_rev() > b.cursor.rev;
-                    b.next_flush = deadline(now, self.config.update_interval).unwrap_or(now);
-                }
-                if b.flushing {
-                    if log.floor() > b.cursor.rev.max(b.cursor.skip_tombstones_upto) {
-                        // Tombstones this browser needs were pruned: start over.
-                        log.release(&mut b.cursor);
-                        b.cursor = Cursor::fresh(log.last_rev());
-                        b.reset_pending = true;
-                    }
-                    if std::mem::take(&mut b.reset_pending) {
-                        Frame::Reset.encode(buf);
-                        self.counters.resets += 1;
-                    }
-                    // The batch runs to the current head, not to the head at its
-                    // start: an entry that changes while the batch is under way
-                    // moves past the cursor and is still sent in this batch, so
-                    // Synced(R) always means "your list equals the namespace at R".
-                    let limit = start.saturating_add(self.config.transmit_chunk);
-                    let frames_before = log.frames_sent();
-                    let done = log.walk(&mut b.cursor, log.last_rev(), buf, limit);
-                    self.counters.entries_sent += log.frames_sent() - frames_before;
-                    if done {
-                        Frame::Synced { revision: b.cursor.rev }.encode(buf);
-                        b.flushing = false;
-                    }
-                }
-            }
+            None => debug_assert!(false, "invariant: a handshaking session's network has a handshake tally"),
         }
-        buf.len() > start
-    }
-
-    /// When the connection next has output without new input: a browser's
-    /// next update. `None` when only input can produce output.
-    pub fn poll_connection_timeout(&self, connection: ConnectionHandle) -> Option<Instant> {
-        let session = self.sessions.get(self.index_of(connection)?)?;
-        match &session.state {
-            State::Browser(b) => Some(b.next_flush),
-            _ => None,
-        }
-    }
-
-    /// Once this connection's session has ended and [`Registry::poll_transmit`]
-    /// has yielded its final frames: the code and reason to close the QUIC
-    /// connection with (see [`Event::Closed`] for the order of the driver's
-    /// steps). `None` while the session is open, or its final frames are
-    /// still to be taken, or the connection is unknown.
-    #[must_use]
-    pub fn poll_close(&self, connection: ConnectionHandle) -> Option<(ErrorCode, &str)> {
-        let session = self.sessions.get(self.index_of(connection)?)?;
-        match &session.state {
-            State::Closing { tail, code, reason } if tail.is_empty() => Some((*code, reason.as_str())),
-            _ => None,
-        }
-    }
-
-    /// The earliest registry-wide deadline (handshake or heartbeat timeout).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, ..))| *at)
-    }
-
-    /// Closes connections whose handshake or heartbeat timed out by `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, idx, generation, kind))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(session) = self.sessions.get(idx).filter(|s| s.generation == generation) else {
-                continue;
-            };
-            match (&session.state, kind) {
-                (State::Handshaking, TimerKind::Handshake) => self.close_session(idx, Some(Error::HandshakeTimeout)),
-                (State::Publisher(p), TimerKind::EntryTtl) => match deadline(p.last_seen, p.entry_ttl) {
-                    Some(expiry) if expiry <= now => self.close_session(idx, Some(Error::HeartbeatTimeout)),
-                    Some(expiry) => self.timers.push(Reverse((expiry, idx, generation, kind))),
-                    None => {}
-                },
-                _ => {} // the session has moved on since the timer was set
-            }
-        }
-        // Timers of removed sessions stay queued until due; keep them bounded.
-        if self.timers.len() > 2 * self.sessions.len() + 64 {
-            let sessions = &self.sessions;
-            self.timers.retain(|Reverse((_, idx, generation, kind))| {
-                sessions.get(*idx).is_some_and(|s| {
-                    s.generation == *generation
-                        && matches!(
-                            (&s.state, kind),
-                            (State::Handshaking, TimerKind::Handshake) | (State::Publisher(_), TimerKind::EntryTtl)
-                        )
-                })
-            });
-        }
-    }
-
-    /// The next event for the driver, if any. Drain after every call that
-    /// takes input or time.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Closes every connection with `SHUTTING_DOWN` and refuses new ones.
-    pub fn shutdown(&mut self) {
-        self.shutting_down = true;
-        let open: Vec<usize> = self.sessions.iter().map(|(idx, _)| idx).collect();
-        for idx in open {
-            self.close_session(idx, Some(Error::ShuttingDown));
-        }
-    }
-
-    /// Counts across the registry.
-    pub fn stats(&self) -> Stats {
-        let mut stats = self.stats;
-        stats.namespaces = self.namespaces.len();
-        stats.revision = self.revision;
-        for (_, ns) in &self.namespaces {
-            stats.entries += ns.log.live();
-            stats.tombstones += ns.log.tombstones();
-            stats.ghosts += ns.log.ghosts();
-        }
-        stats
-    }
-
-    /// Every namespace with its counts.
-    pub fn namespaces(&self) -> impl Iterator<Item = NamespaceInfo> + '_ {
-        self.namespaces.iter().map(|(_, ns)| NamespaceInfo {
-            name: ns.name.clone(),
-            publishers: ns.publishers,
-            browsers: ns.browsers,
-            entries: ns.log.live(),
-            tombstones: ns.log.tombstones(),
-            revision: ns.log.last_rev(),
-        })
-    }
-
-    /// The live entries of `namespace`, in revision order (oldest change first).
-    pub fn servers(&self, namespace: &str) -> impl Iterator<Item = Server> + '_ {
-        let log = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx)).map(|ns| &ns.log);
-        log.into_iter().flat_map(Log::entries).map(|(revision, address, port_declared, blob)| Server {
-            address,
-            port_declared,
-            blob: blob.clone(),
-            revision,
-        })
-    }
-
-    /// The live entries of `namespace` with the time each version was
-    /// published, in revision order (oldest change first).
-    pub fn entries(&self, namespace: &str) -> impl Iterator<Item = EntryInfo> + '_ {
-        let log = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx)).map(|ns| &ns.log);
-        log.into_iter().flat_map(Log::entries_changed).map(|(revision, address, port_declared, blob, changed)| {
-            EntryInfo { address, port_declared, blob: blob.clone(), revision, changed }
-        })
-    }
-
-    /// The newest revision of `namespace`, or `None` if it does not exist.
-    /// Any change to its list (entry added, changed or removed) raises it.
-    pub fn namespace_revision(&self, namespace: &str) -> Option<u64> {
-        let ns = self.namespace_ids.get(namespace).and_then(|&idx| self.namespaces.get(idx))?;
-        Some(ns.log.last_rev())
-    }
-
-    /// Monotonic counters since the registry was created.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Bytes the registry holds for this one connection: the session record
-    /// and its partial-frame buffer. A browser's is constant however far
-    /// behind it falls, since the changes it has yet to receive are built
-    /// from the shared log when it reads.
-    pub fn session_memory(&self, connection: ConnectionHandle) -> Option<usize> {
-        let session = self.sessions.get(self.index_of(connection)?)?;
-        let reason = match &session.state {
-            State::Closing { tail, reason, .. } => tail.capacity() + reason.capacity(),
-            _ => 0,
-        };
-        Some(std::mem::size_of::<Session>() + session.decoder.allocated() + reason)
-    }
-
-    /// Nodes (entries, tombstones, ghosts) held by all revision logs.
-    pub fn log_nodes(&self) -> usize {
-        self.namespaces.iter().map(|(_, ns)| ns.log.nodes()).sum()
-    }
-
-    /// Checks the registry's internal consistency: counts, per-IP tallies,
-    /// entry ownership, and each revision log's links, order and pins.
-    /// Meant for tests and fuzz targets; O(size of the registry).
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let (mut publishers, mut browsers, mut handshakes) = (0, 0, 0);
-        let mut per_ip: HashMap<IpAddr, (usize, usize, usize)> = HashMap::new();
-        let mut per_network: HashMap<IpAddr, usize> = HashMap::new();
-        let mut per_ns: HashMap<usize, (usize, usize, u64)> = HashMap::new();
-        for (idx, session) in &self.sessions {
-            match &session.state {
-                State::Handshaking => {
-                    handshakes += 1;
-                    per_ip.entry(session.peer.ip()).or_default().2 += 1;
-                    *per_network.entry(network_of(session.peer.ip()).0).or_default() += 1;
-                }
-                State::Publisher(p) => {
-                    publishers += 1;
-                    per_ip.entry(session.peer.ip()).or_default().0 += 1;
-                    per_ns.entry(p.ns).or_default().0 += 1;
-                    let ns = self.namespaces.get(p.ns).ok_or("publisher in a missing namespace")?;
-                    if ns.owners.get(&p.key) != Some(&idx) {
-                        return Err(format!("publisher {idx} does not own its key {}", p.key));
-                    }
-                }
-                State::Browser(b) => {
-                    browsers += 1;
-                    per_ip.entry(session.peer.ip()).or_default().1 += 1;
-                    let counts = per_ns.entry(b.ns).or_default();
-                    counts.1 += 1;
-                    counts.2 += u64::from(b.cursor.is_pinned());
-                    if b.cursor.rev > self.revision {
-                        return Err(format!("browser {idx} cursor {} beyond revision {}", b.cursor.rev, self.revision));
-                    }
-                }
-                State::Closing { .. } => {}
-            }
-        }
-        let s = &self.stats;
-        if (publishers, browsers, handshakes) != (s.publishers, s.browsers, s.handshakes) {
-            return Err(format!(
-                "session counts {:?} != recorded {:?}",
-                (publishers, browsers, handshakes),
-                (s.publishers, s.browsers, s.handshakes)
-            ));
-        }
-        if per_ip.len() != self.per_ip.len() {
-            return Err("per-IP table holds addresses without sessions".into());
-        }
-        for (ip, &(p, b, h)) in &per_ip {
-            let c = self.per_ip.get(ip).ok_or("per-IP tally missing")?;
-            if (c.publishers, c.browsers, c.handshakes) != (p, b, h) {
-                return Err(format!("per-IP tally for {ip} wrong"));
-            }
-        }
-        if per_network != self.handshakes_per_network {
-            return Err("per-network handshake tally wrong".into());
-        }
-        let published = self.namespaces.iter().filter(|(_, ns)| ns.publishers > 0).count();
-        if published != self.published_namespaces {
-            return Err(format!("{published} namespaces with publishers, {} recorded", self.published_namespaces));
-        }
-        if self.namespace_ids.len() != self.namespaces.len() {
-            return Err("namespace name table out of step".into());
-        }
-        for (idx, ns) in &self.namespaces {
-            let (p, b, pins) = per_ns.get(&idx).copied().unwrap_or_default();
-            if (p, b) != (ns.publishers, ns.browsers) || p + b == 0 {
-                return Err(format!("namespace {} counts wrong or empty namespace kept", ns.name));
-            }
-            if self.namespace_ids.get(&ns.name) != Some(&idx) {
-                return Err(format!("namespace {} not indexed", ns.name));
-            }
-            if ns.owners.len() != p {
-                return Err(format!("namespace {}: {} owners for {p} publishers", ns.name, ns.owners.len()));
-            }
-            if ns.log.last_rev() > self.revision {
-                return Err(format!("namespace {} ahead of the registry revision", ns.name));
-            }
-            ns.log.check(pins).map_err(|e| format!("namespace {}: {e}", ns.name))?;
-            for (_, key, _, _) in ns.log.entries() {
-                if !ns.owners.contains_key(&key) {
-                    return Err(format!("namespace {}: entry {key} has no connected publisher", ns.name));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn welcome(config: &RegistryConfig, epoch: u64, publisher: Option<PublisherInfo>) -> Welcome {
-    Welcome {
-        version: PROTOCOL_VERSION,
-        epoch,
-        max_blob_size: config.max_blob_size as u64,
-        heartbeat_interval: config.heartbeat_interval,
-        update_interval: config.update_interval,
-        entry_ttl: config.entry_ttl,
-        publisher,
     }
 }
