@@ -67,11 +67,7 @@ impl Registry {
     }
 
     /// Admits `hello` from the handshaking connection at `peer`: §6.1
-    /// checks 3 to 8, and bans on a publisher's entry address.
-    ///
-    /// A publisher's checks run in the order 4, 5, the ban, 8, then 6 and 7
-    /// (the table lists 8 last): a Hello failing both 8 and 6 or 7 gets
-    /// `NAMESPACE_LIMIT`.
+    /// checks 3 to 9, in the table's order (a browser has only 3, 8 and 9).
     pub(super) fn admit_hello(&self, now: Instant, peer: SocketAddr, hello: &Hello<'_>) -> Result<(), Error> {
         check_namespace(hello.namespace, self.config.max_namespace_len)?;
         match hello.role {
@@ -96,8 +92,9 @@ impl Registry {
         Ok(())
     }
 
-    /// No ban in force at `now` covers `addr` (`BANNED`, §9): the peer of a
-    /// new connection, or the entry address a publisher's Hello asks for.
+    /// No ban in force at `now` covers `addr` (`BANNED`): the peer of a new
+    /// connection, or (§6.1 check 6) the entry address a publisher's Hello
+    /// asks for.
     fn check_ban(&self, now: Instant, addr: SocketAddr) -> Result<(), Error> {
         match self.bans.lookup(now, addr) {
             Some(ban) => Err(Error::Banned { reason: ban.reason.clone() }),
@@ -138,7 +135,7 @@ impl Registry {
         }
     }
 
-    /// §6.1 check 8, publishers only: the namespace `ns` (`None`: it does not
+    /// §6.1 check 7, publishers only: the namespace `ns` (`None`: it does not
     /// exist yet) already has a publisher, or fewer than `max_namespaces`
     /// namespaces have one (`NAMESPACE_LIMIT`).
     fn check_namespace_limit(&self, ns: Option<&Namespace>) -> Result<(), Error> {
@@ -148,7 +145,7 @@ impl Registry {
         Ok(())
     }
 
-    /// §6.1 check 6: fewer than the per-IP limit of `role`'s sessions come
+    /// §6.1 check 8: fewer than the per-IP limit of `role`'s sessions come
     /// from `ip` (`IP_LIMIT`). Not checked for a publisher's takeover.
     fn check_ip_limit(&self, role: Role, ip: IpAddr) -> Result<(), Error> {
         let max = match role {
@@ -165,7 +162,7 @@ impl Registry {
         Ok(())
     }
 
-    /// §6.1 check 7: fewer than the server-wide limit of `role`'s sessions
+    /// §6.1 check 9: fewer than the server-wide limit of `role`'s sessions
     /// are established (`SERVER_FULL`). Not checked for a publisher's takeover.
     fn check_server_limit(&self, role: Role) -> Result<(), Error> {
         let (count, max, what) = match role {

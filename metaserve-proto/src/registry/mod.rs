@@ -340,8 +340,10 @@ impl Registry {
     /// Fails with [`Error::ShuttingDown`] after [`Registry::shutdown`], with
     /// [`Error::Banned`] when a ban in force covers `peer`, and with
     /// [`Error::ServerFull`] when `max_handshakes` connections are already
-    /// waiting for their Hello; the driver closes the connection with the
-    /// error's code. Refusals are counted in [`Counters::refused`].
+    /// waiting for their Hello, and with [`Error::HandshakeLimit`]
+    /// (`IP_LIMIT`) when `max_handshakes_per_ip` of them come from `peer`'s
+    /// IP address or `max_handshakes_per_network` from its network; the
+    /// driver closes the connection with the error's code. Refusals are counted in [`Counters::refused`].
     pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnectionHandle, Error> {
         let result = self.accept_session(now, peer);
         if let Err(error) = &result {
