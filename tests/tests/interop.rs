@@ -323,13 +323,13 @@ impl OtherServer {
                     match runtime {
                         Runtime::AsyncStd => {
                             let endpoint = metaserve_async_std::server_endpoint(addr, server_config).unwrap();
-                            let server = metaserve_async_std::MetaServer::new(config);
+                            let server = metaserve_async_std::meta_server(config);
                             tx.send((endpoint.local_addr().unwrap(), server.handle())).unwrap();
                             server.serve(endpoint).await;
                         }
                         Runtime::Smol => {
                             let endpoint = metaserve_quinn::smol::server_endpoint(addr, server_config).unwrap();
-                            let server = metaserve_quinn::smol::MetaServer::new(config);
+                            let server = metaserve_quinn::smol::meta_server(config);
                             tx.send((endpoint.local_addr().unwrap(), server.handle())).unwrap();
                             server.serve(endpoint).await;
                         }
