@@ -12,7 +12,7 @@
 //! the tokio example (with `--once`, it is an error instead).
 
 mod common;
-#[path = "../../metaserve-tokio/examples/common/table.rs"]
+#[path = "common/table.rs"]
 mod table;
 
 use std::io::{IsTerminal as _, Write as _};

@@ -11,7 +11,7 @@
 //! meta server is reconnected to with backoff, as in the tokio example.
 
 mod common;
-#[path = "../../metaserve-tokio/examples/common/game.rs"]
+#[path = "common/game.rs"]
 mod game;
 
 use std::time::Duration;

@@ -41,8 +41,8 @@
 //! use bytes::Bytes;
 //! use futures_util::{stream, StreamExt};
 //! use metaserve_async_std::{
-//!     browse, client_endpoint, publish, server_endpoint, tls, BrowseOptions, BrowserEvent, ClientError, ErrorCode,
-//!     MetaServer, PublishOptions, RegistryConfig,
+//!     browse, client_endpoint, meta_server, publish, server_endpoint, tls, BrowseOptions, BrowserEvent, ClientError,
+//!     ErrorCode, PublishOptions, RegistryConfig,
 //! };
 //!
 //! async_std::task::block_on(async {
@@ -51,7 +51,7 @@
 //!     let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config)?;
 //!     let endpoint = server_endpoint("127.0.0.1:0".parse()?, server_config)?;
 //!     let addr = endpoint.local_addr()?;
-//!     let server = MetaServer::new(config);
+//!     let server = meta_server(config);
 //!     let handle = server.handle(); // stats(), servers(), shutdown() from anywhere
 //!     let serving = async_std::task::spawn(async move { server.serve(endpoint).await });
 //!
@@ -95,19 +95,20 @@
 //! documentation for a tour, and the examples, which use them.
 //!
 //! The driver loop lives in `metaserve-quinn` and is shared with
-//! `metaserve-tokio`; this crate passes it quinn's async-std runtime
-//! ([`quinn::AsyncStdRuntime`]). Its tasks run on async-std's global
-//! executor and its sockets and timers on async-io's reactor, so nothing
-//! here needs to be called from inside a particular runtime context.
+//! `metaserve-tokio`. This crate is all of `metaserve-quinn` re-exported,
+//! plus the functions that need a runtime ([`publish`], [`reconnect`],
+//! [`meta_server`], [`server_endpoint`], [`server_endpoint_with`],
+//! [`client_endpoint`]) with quinn's async-std runtime
+//! ([`quinn::AsyncStdRuntime`], also as [`runtime()`]) passed for you. Its
+//! tasks run on async-std's global executor and its sockets and timers on
+//! async-io's reactor, so nothing here needs to be called from inside a
+//! particular runtime context.
 
 #![forbid(unsafe_code)]
 
-pub use metaserve_quinn::{
-    browse, browse_with, tls, udp_socket, Backoff, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent,
-    ClientError, CodeCounts, ConnectionLimits, Counters, Delays, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo,
-    PublishOptions, Reconnect, ReconnectEvent, ReconnectingBrowse, RegistryConfig, Resume, Retry, Server,
-    SocketBuffers, Stats, Traffic, Welcome, ALPN, UDP_BUFFER,
-};
+// metaserve-quinn's whole API. The functions `bind_runtime!` defines shadow
+// their namesakes there, which take the runtime as their first argument.
+pub use metaserve_quinn::*;
 
 metaserve_quinn::bind_runtime!(
     quinn::AsyncStdRuntime,

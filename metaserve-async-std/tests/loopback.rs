@@ -13,8 +13,8 @@ use async_std::future::timeout;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use metaserve_async_std::{
-    browse, client_endpoint, publish, server_endpoint, tls, Browse, BrowseOptions, BrowserEvent, ClientError,
-    ErrorCode, MetaServer, MetaServerHandle, PublishOptions, RegistryConfig,
+    browse, client_endpoint, meta_server, publish, server_endpoint, tls, Browse, BrowseOptions, BrowserEvent,
+    ClientError, ErrorCode, MetaServerHandle, PublishOptions, RegistryConfig,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -36,7 +36,7 @@ fn start() -> Fixture {
     let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config).unwrap();
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), server_config).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let server = MetaServer::new(config);
+    let server = meta_server(config);
     let handle = server.handle();
     let serving = async_std::task::spawn(async move { server.serve(endpoint).await });
     let client_config = tls::client_config_pinned(cert.fingerprint).unwrap();
@@ -126,7 +126,7 @@ fn reconnect_helpers_come_back_after_a_restart_on_the_same_port() {
                 })
                 .await;
                 let addr = endpoint.local_addr().unwrap();
-                let server = MetaServer::new(config);
+                let server = meta_server(config);
                 let handle = server.handle();
                 (addr, handle, async_std::task::spawn(async move { server.serve(endpoint).await }))
             }

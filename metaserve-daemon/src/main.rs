@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use clap::Parser;
 use metaserve_daemon::announce;
-use metaserve_tokio::{tls, Ban, MetaServer, MetaServerHandle, RegistryConfig};
+use metaserve_tokio::{tls, Ban, MetaServerHandle, RegistryConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::Cli;
@@ -130,7 +130,7 @@ async fn serve(settings: Settings, http_runtime: Option<tokio::runtime::Handle>)
         _ => None,
     };
 
-    let server = MetaServer::new(settings.live.registry.clone());
+    let server = metaserve_tokio::meta_server(settings.live.registry.clone());
     let handle = server.handle();
     apply(&handle, None, &settings.live);
     tracing::info!(

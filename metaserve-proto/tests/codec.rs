@@ -398,12 +398,18 @@ fn document_examples() -> Vec<(String, Vec<u8>)> {
     document_blocks("example")
 }
 
+/// docs/PROTOCOL.md, through the crate's `PROTOCOL.md` symlink to it: a
+/// file of the package, so these tests also run in the published crate
+/// (`cargo package` copies the file the symlink points to).
+fn protocol_md() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).expect("PROTOCOL.md")
+}
+
 /// Reads the `<!-- KIND: NAME -->` blocks of docs/PROTOCOL.md: the code
 /// fence after each marker holds one byte group per line, two-digit hex bytes
 /// first, then the annotation.
 fn document_blocks(kind: &str) -> Vec<(String, Vec<u8>)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
-    let doc = std::fs::read_to_string(path).expect("docs/PROTOCOL.md");
+    let doc = protocol_md();
     let marker = format!("<!-- {kind}:");
     let mut found = Vec::new();
     let mut lines = doc.lines();
@@ -468,7 +474,7 @@ fn protocol_md_unsupported_examples_match_the_code() {
 
 #[test]
 fn protocol_md_tables_match_the_code() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md")).unwrap();
+    let doc = protocol_md();
     for code in ErrorCode::ALL {
         let row = format!("| `0x{:02x}` | `{}` |", code.0, code.name().unwrap());
         assert!(doc.contains(&row), "PROTOCOL.md lacks the error code row {row}");

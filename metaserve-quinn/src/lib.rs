@@ -1,11 +1,15 @@
 //! The runtime-agnostic quinn driver of metaserve: the one driver loop
 //! behind `metaserve-tokio` and `metaserve-async-std`.
 //!
-//! Every function takes the quinn [`Runtime`](quinn::Runtime) to use for
-//! timers and tasks. Game developers normally use a runtime crate instead,
-//! which passes its runtime for them; this crate is for those crates and for
-//! anyone bringing their own `quinn::Runtime`. With the `smol` feature, its
-//! `smol` module is such a runtime layer for smol (`quinn::SmolRuntime`).
+//! Every function that needs a runtime takes the quinn
+//! [`Runtime`](quinn::Runtime) to use for timers and tasks as its first
+//! argument, `Arc<dyn quinn::Runtime>`, as quinn's `Endpoint::new` does.
+//! Game developers normally use a runtime crate instead: it re-exports all
+//! of this crate and adds the same functions with its runtime passed for
+//! them (and `runtime()`, that runtime as a value). The types are this
+//! crate's whichever runtime made them, so code that picks its runtime at
+//! run time calls the functions here. With the `smol` feature, the `smol`
+//! module is such a runtime layer for smol (`quinn::SmolRuntime`).
 //!
 //! Besides one session per connection ([`publish`], [`browse`]), it has
 //! optional reconnect helpers: [`Reconnect`] connects with [`Backoff`] and

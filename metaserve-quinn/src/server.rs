@@ -152,8 +152,9 @@ impl State {
 
 /// A meta server that can run in any async program on a quinn [`Endpoint`].
 ///
-/// The runtime-specific crates (`metaserve-tokio`, `metaserve-async-std`)
-/// wrap it with their runtime; use those unless you bring your own
+/// The runtime crates (`metaserve-tokio`, `metaserve-async-std`) make one
+/// on their runtime with their `meta_server(config)`; call [`MetaServer::new`]
+/// yourself to pick the runtime at run time or to bring your own
 /// [`quinn::Runtime`].
 #[derive(Debug)]
 pub struct MetaServer {

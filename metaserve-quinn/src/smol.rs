@@ -4,8 +4,10 @@
 //!
 //! Everything else is runtime-agnostic and lives at the crate root:
 //! [`browse`](crate::browse), [`tls`](crate::tls), the options, events and
-//! errors, and the [`Reconnect`](crate::Reconnect) that [`reconnect`] returns. Tasks (the endpoint driver, the meta server's connections) run on
-//! smol's global executor, `smol::spawn`.
+//! errors, and the types: the [`MetaServer`](crate::MetaServer) that
+//! [`meta_server`] returns, the [`Reconnect`](crate::Reconnect) that
+//! [`reconnect`] returns. Tasks (the endpoint driver, the meta server's
+//! connections) run on smol's global executor, `smol::spawn`.
 //!
 //! ```no_run
 //! # async fn server() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +18,7 @@
 //! let config = RegistryConfig::default();
 //! let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config)?;
 //! let endpoint = driver::server_endpoint("[::]:27950".parse()?, server_config)?;
-//! driver::MetaServer::new(config).serve(endpoint).await;
+//! driver::meta_server(config).serve(endpoint).await;
 //! # Ok(()) }
 //! ```
 

@@ -28,13 +28,13 @@
 //!
 //! ```no_run
 //! # async fn server() -> Result<(), Box<dyn std::error::Error>> {
-//! use metaserve_tokio::{tls, MetaServer, RegistryConfig};
+//! use metaserve_tokio::{tls, RegistryConfig};
 //!
 //! let cert = tls::DevCertificate::generate()?;
 //! let config = RegistryConfig::default();
 //! let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config)?;
 //! let endpoint = metaserve_tokio::server_endpoint("[::]:27950".parse()?, server_config)?;
-//! let server = MetaServer::new(config);
+//! let server = metaserve_tokio::meta_server(config); // a `MetaServer` on tokio
 //! let handle = server.handle(); // stats() and shutdown() from anywhere
 //! server.serve(endpoint).await;
 //! # let _ = handle; Ok(()) }
@@ -95,17 +95,23 @@
 //!
 //! The `publisher` and `browser` examples run on these helpers.
 //!
+//! ## One implementation, several runtimes
+//!
 //! The driver loop lives in `metaserve-quinn` and is shared with
-//! `metaserve-async-std`; this crate passes it tokio's quinn runtime.
+//! `metaserve-async-std`. This crate is all of `metaserve-quinn`
+//! re-exported, plus the functions that need a runtime with tokio's passed
+//! for you: [`publish`], [`reconnect`], [`meta_server`], [`server_endpoint`],
+//! [`server_endpoint_with`] and [`client_endpoint`]. The types are
+//! `metaserve-quinn`'s, whichever runtime crate made them. Code that picks
+//! its runtime at run time passes [`runtime()`] (or another runtime crate's)
+//! to `metaserve-quinn`'s functions of the same names, which take it as
+//! their first argument, and to [`MetaServer::new`] and [`Reconnect::new`].
 
 #![forbid(unsafe_code)]
 
-pub use metaserve_quinn::{
-    browse, browse_with, tls, udp_socket, Backoff, Ban, BanTarget, Browse, BrowseOptions, Browser, BrowserEvent,
-    ClientError, CodeCounts, ConnectionLimits, Counters, Delays, EntryInfo, ErrorCode, MetaServerHandle, NamespaceInfo,
-    PublishOptions, Reconnect, ReconnectEvent, ReconnectingBrowse, RegistryConfig, Resume, Retry, Server,
-    SocketBuffers, Stats, Traffic, Welcome, ALPN, UDP_BUFFER,
-};
+// metaserve-quinn's whole API. The functions `bind_runtime!` defines shadow
+// their namesakes there, which take the runtime as their first argument.
+pub use metaserve_quinn::*;
 
 metaserve_quinn::bind_runtime!(
     quinn::TokioRuntime,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use metaserve_tokio::{
-    browse, client_endpoint, publish, server_endpoint, tls, BrowseOptions, BrowserEvent, ClientError, ErrorCode,
-    MetaServer, PublishOptions, RegistryConfig,
+    browse, client_endpoint, meta_server, publish, server_endpoint, tls, BrowseOptions, BrowserEvent, ClientError,
+    ErrorCode, PublishOptions, RegistryConfig,
 };
 use tokio::time::timeout;
 
@@ -26,7 +26,7 @@ async fn start(config: RegistryConfig) -> Fixture {
     let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config).unwrap();
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), server_config).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let server = MetaServer::new(config);
+    let server = meta_server(config);
     let handle = server.handle();
     let task = tokio::spawn(async move { server.serve(endpoint).await });
     let client_config = tls::client_config_pinned(cert.fingerprint).unwrap();
@@ -139,7 +139,7 @@ async fn trust_by_ca_file_and_refusal_of_a_wrong_fingerprint() {
     let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config).unwrap();
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), server_config).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let server = MetaServer::new(config);
+    let server = meta_server(config);
     let handle = server.handle();
     let task = tokio::spawn(async move { server.serve(endpoint).await });
 

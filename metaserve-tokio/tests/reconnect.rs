@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use metaserve_tokio::{
-    browse, client_endpoint, publish, reconnect, server_endpoint, tls, Backoff, BrowseOptions, BrowserEvent,
-    ClientError, ErrorCode, MetaServer, MetaServerHandle, PublishOptions, Reconnect, ReconnectEvent,
+    browse, client_endpoint, meta_server, publish, reconnect, server_endpoint, tls, Backoff, BrowseOptions,
+    BrowserEvent, ClientError, ErrorCode, MetaServerHandle, PublishOptions, Reconnect, ReconnectEvent,
     ReconnectingBrowse, RegistryConfig, Retry,
 };
 use tokio::sync::mpsc;
@@ -59,7 +59,7 @@ impl Server {
         })
         .await;
         let addr = endpoint.local_addr().unwrap();
-        let server = MetaServer::new(config());
+        let server = meta_server(config());
         let handle = server.handle();
         let serving = tokio::spawn(async move { server.serve(endpoint).await });
         Server { cert, addr, handle, serving }
@@ -396,7 +396,7 @@ async fn a_full_server_is_retried_until_there_is_room() {
     let server_config = tls::server_config(vec![cert.cert.clone()], cert.key.clone_key(), &config).unwrap();
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), server_config).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let server = MetaServer::new(config);
+    let server = meta_server(config);
     let handle = server.handle();
     let serving = tokio::spawn(async move { server.serve(endpoint).await });
     let fx = Server { cert, addr, handle, serving };

@@ -3,9 +3,9 @@
 //! loopback.
 //!
 //! - async-std publishers and browsers against the real (tokio) daemon;
-//! - tokio publishers and browsers against a `metaserve_async_std::MetaServer`
-//!   served under `async_std::task::block_on` in a thread of its own;
-//! - the same with `metaserve_quinn::smol` (feature `smol`) under smol;
+//! - tokio publishers and browsers against a `MetaServer` on async-std's
+//!   runtime, served under `async_std::task::block_on` in a thread of its own;
+//! - the same on smol's runtime (`metaserve_quinn::smol`, feature `smol`) under smol;
 //! - in each: namespaces kept apart, updates, a Goodbye and an abrupt drop
 //!   on one runtime seen as removals by browsers on the other, and a server
 //!   shutdown seen as `SHUTTING_DOWN` by the clients of the other runtime;
@@ -16,6 +16,10 @@
 //! bound, its connections made, its heartbeats published and its browses
 //! polled by tasks of its own runtime (threads where any use of tokio would
 //! panic). The test bodies, on tokio, only bound every wait.
+//!
+//! Which runtime a helper runs on is a value: [`Runtime::quinn`], the
+//! runtime crate's `runtime()`, passed to `metaserve-quinn`'s functions, as
+//! any program that picks its runtime at run time would.
 
 // Helpers outside #[test] functions fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -25,6 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -108,18 +113,21 @@ impl Runtime {
         }
     }
 
+    /// This runtime as metaserve-quinn takes it: the one place that tells
+    /// the runtime crates apart.
+    fn quinn(self) -> Arc<dyn quinn::Runtime> {
+        match self {
+            Runtime::AsyncStd => metaserve_async_std::runtime(),
+            Runtime::Smol => metaserve_quinn::smol::runtime(),
+        }
+    }
+
     /// Binds a client endpoint on `127.0.0.<host_n>` trusting `target`.
     async fn endpoint(self, target: Target, host_n: u8) -> Endpoint {
         let config = tls::client_config_pinned(target.fingerprint).unwrap();
         let addr = SocketAddr::new(host(host_n), 0);
-        self.run("binding an endpoint", async move {
-            let endpoint = match self {
-                Runtime::AsyncStd => metaserve_async_std::client_endpoint(addr, config),
-                Runtime::Smol => metaserve_quinn::smol::client_endpoint(addr, config),
-            };
-            endpoint.unwrap()
-        })
-        .await
+        let bind = async move { metaserve_quinn::client_endpoint(self.quinn(), addr, config).unwrap() };
+        self.run("binding an endpoint", bind).await
     }
 
     /// A QUIC connection to `target` from `endpoint`.
@@ -127,19 +135,6 @@ impl Runtime {
         let endpoint = endpoint.clone();
         let connect = async move { endpoint.connect(target.addr, "localhost").unwrap().await };
         self.run("a QUIC handshake", connect).await.expect("QUIC handshake failed")
-    }
-
-    /// This runtime's `publish`.
-    async fn publish(
-        self,
-        connection: &Connection,
-        options: PublishOptions,
-        heartbeats: async_std::channel::Receiver<Bytes>,
-    ) -> Result<(), ClientError> {
-        match self {
-            Runtime::AsyncStd => metaserve_async_std::publish(connection, options, heartbeats).await,
-            Runtime::Smol => metaserve_quinn::smol::publish(connection, options, heartbeats).await,
-        }
     }
 }
 
@@ -198,7 +193,7 @@ impl OtherPublisher {
         let (tx, rx) = async_std::channel::bounded(8);
         tx.try_send(Bytes::from(first.to_owned())).unwrap();
         let (conn, options) = (connection.clone(), PublishOptions::new(namespace));
-        let task = runtime.spawn(async move { runtime.publish(&conn, options, rx).await });
+        let task = runtime.spawn(async move { metaserve_quinn::publish(runtime.quinn(), &conn, options, rx).await });
         let address = endpoint.local_addr().unwrap();
         OtherPublisher { address, connection, tx: Some(tx), task }
     }
@@ -243,15 +238,9 @@ impl OtherBrowser {
     async fn start(runtime: Runtime, target: Target, endpoint: &Endpoint, namespace: &str) -> Self {
         let connection = runtime.connect(target, endpoint).await;
         let (conn, options) = (connection.clone(), BrowseOptions::new(namespace));
-        let list = runtime
-            .run("browse Welcome", async move {
-                match runtime {
-                    Runtime::AsyncStd => metaserve_async_std::browse(&conn, options).await,
-                    Runtime::Smol => metaserve_quinn::browse(&conn, options).await,
-                }
-            })
-            .await
-            .unwrap();
+        // Needs no runtime, but is polled by this one's task.
+        let list =
+            runtime.run("browse Welcome", async move { metaserve_quinn::browse(&conn, options).await }).await.unwrap();
         OtherBrowser { runtime, list: Some(list), _connection: connection }
     }
 
@@ -320,20 +309,10 @@ impl OtherServer {
             .spawn(move || {
                 runtime.block_on(async move {
                     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                    match runtime {
-                        Runtime::AsyncStd => {
-                            let endpoint = metaserve_async_std::server_endpoint(addr, server_config).unwrap();
-                            let server = metaserve_async_std::MetaServer::new(config);
-                            tx.send((endpoint.local_addr().unwrap(), server.handle())).unwrap();
-                            server.serve(endpoint).await;
-                        }
-                        Runtime::Smol => {
-                            let endpoint = metaserve_quinn::smol::server_endpoint(addr, server_config).unwrap();
-                            let server = metaserve_quinn::smol::MetaServer::new(config);
-                            tx.send((endpoint.local_addr().unwrap(), server.handle())).unwrap();
-                            server.serve(endpoint).await;
-                        }
-                    }
+                    let endpoint = metaserve_quinn::server_endpoint(runtime.quinn(), addr, server_config).unwrap();
+                    let server = metaserve_quinn::MetaServer::new(runtime.quinn(), config);
+                    tx.send((endpoint.local_addr().unwrap(), server.handle())).unwrap();
+                    server.serve(endpoint).await;
                 })
             })
             .unwrap();

@@ -1,10 +1,10 @@
-//! What the examples share. The command line, the fake game and the table
-//! are metaserve-tokio's runtime-neutral example code, included here by
-//! path; only this file knows about async-std.
+//! What the examples share. The command line (`cli.rs`), the fake game
+//! (`game.rs`) and the table (`table.rs`) are metaserve-tokio's
+//! runtime-neutral example code, symlinked here (see the tokio
+//! `common/mod.rs` for why); only this file knows about async-std.
 
 pub(crate) use metaserve_async_std as driver;
 
-#[path = "../../../metaserve-tokio/examples/common/cli.rs"]
 mod cli;
 
 use std::future::Future;

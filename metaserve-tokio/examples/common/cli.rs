@@ -1,6 +1,6 @@
 //! Reaching a meta server from the command line, runtime-neutral: the
-//! examples of metaserve-tokio and of metaserve-async-std both include this
-//! file, each with its own runtime crate as `crate::common::driver`.
+//! examples of metaserve-tokio and of metaserve-async-std (a symlink) both
+//! use this file, each with its own runtime crate as `crate::common::driver`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The fake game server of the `publisher` examples, runtime-neutral: its
 //! command line and a pretend game whose heartbeat changes as it runs.
-//! Included by the examples of metaserve-tokio and of metaserve-async-std.
+//! Used by the examples of metaserve-tokio and of metaserve-async-std (a symlink).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -1,7 +1,14 @@
 //! What the examples share. The command line (`cli.rs`), the fake game
 //! (`game.rs`, for the publisher) and the table (`table.rs`, for the browser)
-//! are runtime-neutral, and metaserve-async-std's examples include them too;
-//! only this file knows about tokio.
+//! are runtime-neutral; only this file knows about tokio.
+//!
+//! metaserve-async-std's examples use the same three files through symlinks
+//! in its `examples/common/`: one copy to maintain, and each package holds
+//! them (`cargo package` flattens a symlink into the file it points to, so
+//! the published crates build their examples on their own). A `#[path]`
+//! reaching into this directory would not be packaged. A checkout without
+//! symlinks (Windows without `core.symlinks`) cannot build the async-std
+//! examples.
 
 pub(crate) use metaserve_tokio as driver;
 

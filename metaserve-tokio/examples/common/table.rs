@@ -1,5 +1,5 @@
 //! The live list as a text table, runtime-neutral: the `browser` examples
-//! of metaserve-tokio and of metaserve-async-std both include this file.
+//! of metaserve-tokio and of metaserve-async-std (a symlink) both use this file.
 
 use std::collections::HashMap;
 use std::io::Write as _;

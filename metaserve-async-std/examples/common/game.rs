@@ -1,0 +1,1 @@
+../../../metaserve-tokio/examples/common/game.rs
