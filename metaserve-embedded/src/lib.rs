@@ -51,6 +51,8 @@ pub use metaserve_quinn::tls;
 
 /// The sans-IO state machines this crate drives.
 pub use metaserve_proto;
+/// The client roles' common shape, which [`QuicSession`] drives.
+pub use metaserve_proto::ClientRole;
 /// The sans-IO QUIC this crate drives, for its error and statistics types.
 pub use quinn_proto;
-pub use session::{ClientRole, QuicSession, SessionError};
+pub use session::{QuicSession, SessionError};

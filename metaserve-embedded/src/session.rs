@@ -7,72 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use metaserve_proto::{Browser, Error, ErrorCode, Publisher};
+use metaserve_proto::{ClientRole, Error, ErrorCode};
 use quinn_proto::{
     ClientConfig, ConnectError, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint,
     EndpointConfig, Event, ReadError, StreamEvent, StreamId, Transmit, VarInt, WriteError,
 };
-
-/// The calls a [`QuicSession`] makes on a client state machine: the common
-/// shape of [`Publisher`] and [`Browser`] minus their events, whose types
-/// differ. Drain the events yourself after each [`QuicSession::step`].
-pub trait ClientRole {
-    /// Feeds bytes read from the session stream, cut anywhere.
-    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error>;
-    /// Lets timers fire.
-    fn handle_timeout(&mut self, now: Instant);
-    /// When output (or a timer) is due next without new input.
-    fn poll_timeout(&self) -> Option<Instant>;
-    /// Appends due output to `buf`; returns whether it wrote anything.
-    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool;
-    /// Asks for a Goodbye: the next `poll_transmit` writes it.
-    fn shutdown(&mut self, now: Instant);
-    /// Whether the state machine has nothing more to say (Goodbye written,
-    /// rejected, or failed).
-    fn is_closed(&self) -> bool;
-}
-
-impl ClientRole for Publisher {
-    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        Publisher::handle_input(self, now, bytes)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Publisher::handle_timeout(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Publisher::poll_timeout(self)
-    }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        Publisher::poll_transmit(self, now, buf)
-    }
-    fn shutdown(&mut self, now: Instant) {
-        Publisher::shutdown(self, now);
-    }
-    fn is_closed(&self) -> bool {
-        Publisher::is_closed(self)
-    }
-}
-
-impl ClientRole for Browser {
-    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        Browser::handle_input(self, now, bytes)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Browser::handle_timeout(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Browser::poll_timeout(self)
-    }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        Browser::poll_transmit(self, now, buf)
-    }
-    fn shutdown(&mut self, now: Instant) {
-        Browser::shutdown(self, now);
-    }
-    fn is_closed(&self) -> bool {
-        Browser::is_closed(self)
-    }
-}
 
 /// Why a session ended. Once [`QuicSession::step`] has returned an error,
 /// the session is over; later calls return an error again.

@@ -314,7 +314,8 @@ pub(crate) async fn stall(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut hello = Vec::new();
-    Browser::new(BrowseOptions::new(plan.namespace.clone())).poll_transmit(std::time::Instant::now(), &mut hello);
+    let _ =
+        Browser::new(BrowseOptions::new(plan.namespace.clone())).poll_transmit(std::time::Instant::now(), &mut hello);
     let mut sessions = Vec::with_capacity(count);
     for i in 0..count {
         let endpoint = endpoints.get(i / per_endpoint).context("stalled-browser endpoint")?;

@@ -244,7 +244,7 @@ fn bench_heartbeat_apply(c: &mut Criterion) {
 /// `Browser`.
 fn check_snapshot(fx: &Fixture, wire: &[u8], entries: usize) {
     let mut browser = Browser::new(BrowserConfig { max_entries: entries, ..BrowserConfig::new(NAMESPACE) });
-    browser.poll_transmit(fx.now, &mut Vec::new());
+    let _ = browser.poll_transmit(fx.now, &mut Vec::new());
     browser.handle_input(fx.now, wire).unwrap();
     assert!(browser.is_synced());
     assert_eq!(browser.servers().count(), entries);
@@ -386,7 +386,7 @@ fn bench_delta(c: &mut Criterion) {
         let mut wire = Vec::new();
         d.fx.drain(conn, &mut wire);
         d.fx.registry.remove(conn);
-        browser.poll_transmit(d.fx.now, &mut Vec::new());
+        let _ = browser.poll_transmit(d.fx.now, &mut Vec::new());
         browser.handle_input(d.fx.now, &wire).unwrap();
         while browser.poll_event().is_some() {}
         d.change(n / 100);

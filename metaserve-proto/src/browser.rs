@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::decoder::FrameDecoder;
+use crate::client::{ClientCore, ClientRole, Input, Phase};
 use crate::error::{Error, ErrorCode};
 use crate::frame::{Frame, FrameType, Hello, Resume, Role, Welcome, PROTOCOL_VERSION};
 
@@ -79,15 +79,6 @@ pub enum BrowserEvent {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Start,
-    Hello,
-    Accepted,
-    Leaving,
-    Closed,
-}
-
 /// A game client's view of one namespace.
 ///
 /// ```
@@ -124,10 +115,8 @@ enum Phase {
 /// ```
 #[derive(Debug)]
 pub struct Browser {
+    core: ClientCore,
     config: BrowserConfig,
-    decoder: FrameDecoder,
-    phase: Phase,
-    welcome: Option<Welcome>,
     servers: HashMap<SocketAddr, Server>,
     /// Revision of the last change received; revisions rise within a pass.
     last_rev: u64,
@@ -142,10 +131,8 @@ impl Browser {
     pub fn new(config: BrowserConfig) -> Self {
         let cursor = config.resume.map_or(0, |r| r.cursor);
         Browser {
-            decoder: FrameDecoder::new(config.max_frame_size),
+            core: ClientCore::new(config.max_frame_size),
             config,
-            phase: Phase::Start,
-            welcome: None,
             servers: HashMap::new(),
             // A resumed session's changes all lie above its cursor.
             last_rev: cursor,
@@ -178,7 +165,7 @@ impl Browser {
     /// up to date.
     #[must_use]
     pub fn resume_point(&self) -> Option<Resume> {
-        let point = match &self.welcome {
+        let point = match self.core.welcome() {
             Some(w) => (self.synced > 0).then_some(Resume { epoch: w.epoch, cursor: self.synced }),
             None => self.config.resume,
         };
@@ -197,28 +184,31 @@ impl Browser {
 
     /// Whether the list has been complete since the last snapshot's Synced.
     pub fn is_synced(&self) -> bool {
-        !self.in_snapshot && self.phase == Phase::Accepted
+        !self.in_snapshot && self.core.phase() == Phase::Accepted
     }
 
     /// The server's Welcome, once received.
     pub fn welcome(&self) -> Option<&Welcome> {
-        self.welcome.as_ref()
+        self.core.welcome()
+    }
+
+    /// The server's Reject, once received: its code and reason.
+    pub fn rejection(&self) -> Option<(ErrorCode, &str)> {
+        self.core.rejection()
     }
 
     /// Whether the session is over.
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
+        self.core.is_closed()
     }
 
     /// Ends the session: the next `poll_transmit` writes Goodbye.
     pub fn shutdown(&mut self, _now: Instant) {
-        self.phase = match self.phase {
-            Phase::Start | Phase::Closed => Phase::Closed,
-            _ => Phase::Leaving,
-        };
+        self.core.shutdown();
     }
 
     /// Browsers have no timers; exists for the common shape of the roles.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         None
     }
@@ -228,64 +218,50 @@ impl Browser {
 
     /// Appends due frames to `buf` (the Hello, or a Goodbye); returns whether
     /// it wrote anything.
+    #[must_use]
     pub fn poll_transmit(&mut self, _now: Instant, buf: &mut Vec<u8>) -> bool {
-        match self.phase {
-            Phase::Start => {
-                Frame::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                    role: Role::Browser,
-                    namespace: &self.config.namespace,
-                    token: &[],
-                    declared_port: None,
-                    resume: self.config.resume,
-                })
-                .encode(buf);
-                self.phase = Phase::Hello;
-                true
-            }
-            Phase::Leaving => {
-                Frame::Goodbye.encode(buf);
-                self.phase = Phase::Closed;
-                true
-            }
-            Phase::Hello | Phase::Accepted | Phase::Closed => false,
-        }
+        let start = buf.len();
+        let config = &self.config;
+        let hello = || Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Browser,
+            namespace: &config.namespace,
+            token: &[],
+            declared_port: None,
+            resume: config.resume,
+        };
+        let _ = self.core.transmit(buf, hello);
+        buf.len() > start
     }
 
     /// Feeds bytes read from the server, cut anywhere, updating the list and
     /// queueing events. An error means the driver closes the connection with
     /// [`Error::code`].
     pub fn handle_input(&mut self, _now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        if self.phase == Phase::Closed {
-            return Ok(());
-        }
-        let mut decoder = std::mem::replace(&mut self.decoder, FrameDecoder::new(0));
-        let result = decoder.decode(bytes, |frame| self.on_frame(frame));
-        self.decoder = decoder;
-        if result.is_err() {
-            self.phase = Phase::Closed;
-        }
+        // The core is taken out while it calls back into the rest of self.
+        let mut core = std::mem::replace(&mut self.core, ClientCore::new(0));
+        let result = core.handle_input(bytes, |input| self.on_input(input));
+        self.core = core;
         result
     }
 
-    fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), Error> {
+    fn on_input(&mut self, input: Input<'_>) -> Result<(), Error> {
         let unexpected = |frame: FrameType, context| Err(Error::UnexpectedFrame { frame, context });
-        match (self.phase, frame) {
-            (Phase::Closed, _) | (_, Frame::Unknown { .. }) => Ok(()),
-            (_, Frame::Reject(r)) => {
-                self.phase = Phase::Closed;
-                self.events.push_back(BrowserEvent::Rejected { code: r.code, reason: r.reason.to_owned() });
-                Ok(())
+        let frame = match input {
+            Input::Rejected(code, reason) => {
+                self.events.push_back(BrowserEvent::Rejected { code, reason: reason.to_owned() });
+                return Ok(());
             }
-            (Phase::Hello, Frame::Welcome(w)) => {
+            Input::Welcome(w) => {
                 if self.config.resume.is_some_and(|r| r.epoch != w.epoch) {
                     // Another epoch: the cursor means nothing here (a Reset follows).
                     (self.last_rev, self.synced) = (0, 0);
                 }
-                self.phase = Phase::Accepted;
-                self.welcome = Some(w);
-                Ok(())
+                return Ok(());
             }
+            Input::Frame(phase, frame) => (phase, frame),
+        };
+        match frame {
             (Phase::Hello, frame) => unexpected(frame.frame_type(), "before Welcome"),
             (Phase::Accepted | Phase::Leaving, Frame::Upsert(u)) => {
                 self.advance(FrameType::UPSERT, u.revision)?;
@@ -342,8 +318,41 @@ impl Browser {
 
     /// The next event, if any. Events are queued by `handle_input`; drain
     /// them after each call.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<BrowserEvent> {
         self.events.pop_front()
+    }
+}
+
+impl ClientRole for Browser {
+    type Event = BrowserEvent;
+
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        Browser::handle_input(self, now, bytes)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Browser::handle_timeout(self, now);
+    }
+    fn shutdown(&mut self, now: Instant) {
+        Browser::shutdown(self, now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        Browser::poll_transmit(self, now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Browser::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<BrowserEvent> {
+        Browser::poll_event(self)
+    }
+    fn welcome(&self) -> Option<&Welcome> {
+        Browser::welcome(self)
+    }
+    fn rejection(&self) -> Option<(ErrorCode, &str)> {
+        Browser::rejection(self)
+    }
+    fn is_closed(&self) -> bool {
+        Browser::is_closed(self)
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! # The loop
 //!
-//! Every role has the same shape:
+//! Every role has the same shape (for the client roles also a trait,
+//! [`ClientRole`], for drivers that run either):
 //!
 //! | call | what it does |
 //! |---|---|
@@ -191,6 +192,7 @@
 #![forbid(unsafe_code)]
 
 mod browser;
+mod client;
 mod config;
 mod decoder;
 mod error;
@@ -200,6 +202,7 @@ mod registry;
 pub mod varint;
 
 pub use browser::{Browser, BrowserConfig, BrowserEvent, Server};
+pub use client::ClientRole;
 pub use config::RegistryConfig;
 pub use decoder::{FrameDecoder, DEFAULT_MAX_FRAME_SIZE};
 pub use error::{DecodeError, Error, ErrorCode};

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::decoder::FrameDecoder;
+use crate::client::{ClientCore, ClientRole, Input, Phase};
 use crate::error::{Error, ErrorCode};
 use crate::frame::{Frame, Hello, Role, Welcome, PROTOCOL_VERSION};
 
@@ -43,20 +43,6 @@ pub enum PublisherEvent {
         /// Why, for humans.
         reason: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Hello not yet written.
-    Start,
-    /// Hello written, no Welcome yet.
-    Hello,
-    /// Welcome received.
-    Accepted,
-    /// Shut down by the caller; Goodbye still to be written.
-    Leaving,
-    /// Nothing more to say.
-    Closed,
 }
 
 /// A game server's session with a meta server.
@@ -108,10 +94,8 @@ enum Phase {
 /// /// ```
 #[derive(Debug)]
 pub struct Publisher {
+    core: ClientCore,
     config: PublisherConfig,
-    decoder: FrameDecoder,
-    phase: Phase,
-    welcome: Option<Welcome>,
     /// Newest blob not yet sent.
     pending: Option<Bytes>,
     /// Last blob sent, re-sent to keep the entry alive.
@@ -128,10 +112,8 @@ impl Publisher {
     /// the other roles; nothing is due before the first `poll_transmit`.
     pub fn new(config: PublisherConfig, _now: Instant) -> Self {
         Publisher {
-            decoder: FrameDecoder::new(config.max_frame_size),
+            core: ClientCore::new(config.max_frame_size),
             config,
-            phase: Phase::Start,
-            welcome: None,
             pending: None,
             current: None,
             last_sent: None,
@@ -141,12 +123,17 @@ impl Publisher {
 
     /// The server's Welcome, once received.
     pub fn welcome(&self) -> Option<&Welcome> {
-        self.welcome.as_ref()
+        self.core.welcome()
+    }
+
+    /// The server's Reject, once received: its code and reason.
+    pub fn rejection(&self) -> Option<(ErrorCode, &str)> {
+        self.core.rejection()
     }
 
     /// Whether the session is over (rejected, failed, or Goodbye written).
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
+        self.core.is_closed()
     }
 
     /// Sets the blob to publish; it replaces any blob not yet sent.
@@ -154,7 +141,7 @@ impl Publisher {
     /// Fails with [`Error::BlobTooLarge`] once the server's Welcome has stated
     /// a smaller maximum; before that the server enforces its limit itself.
     pub fn set_heartbeat(&mut self, blob: Bytes, _now: Instant) -> Result<(), Error> {
-        if let Some(max) = self.welcome.as_ref().map(|w| w.max_blob_size) {
+        if let Some(max) = self.core.welcome().map(|w| w.max_blob_size) {
             if blob.len() as u64 > max {
                 return Err(Error::BlobTooLarge { len: blob.len(), max: max as usize });
             }
@@ -168,25 +155,23 @@ impl Publisher {
     /// the entry at once instead of waiting for the TTL.
     pub fn shutdown(&mut self, _now: Instant) {
         self.pending = None;
-        self.phase = match self.phase {
-            Phase::Start | Phase::Closed => Phase::Closed,
-            Phase::Hello | Phase::Accepted | Phase::Leaving => Phase::Leaving,
-        };
+        self.core.shutdown();
     }
 
     fn interval(&self) -> Duration {
-        self.welcome.as_ref().map_or(DEFAULT_INTERVAL, |w| w.heartbeat_interval)
+        self.core.welcome().map_or(DEFAULT_INTERVAL, |w| w.heartbeat_interval)
     }
 
     fn refresh_interval(&self) -> Option<Duration> {
-        let ttl = self.welcome.as_ref()?.entry_ttl;
+        let ttl = self.core.welcome()?.entry_ttl;
         Some((ttl / 3).max(self.interval()))
     }
 
     /// When the next heartbeat (or refresh) is due, if any.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let last = self.last_sent?;
-        match self.phase {
+        match self.core.phase() {
             Phase::Accepted if self.pending.is_some() => last.checked_add(self.interval()),
             Phase::Accepted => last.checked_add(self.refresh_interval()?),
             _ => None,
@@ -198,24 +183,21 @@ impl Publisher {
     pub fn handle_timeout(&mut self, _now: Instant) {}
 
     /// Appends due frames to `buf`; returns whether it wrote anything.
+    #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         let start = buf.len();
-        match self.phase {
-            Phase::Start => {
-                Frame::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                    role: Role::Publisher,
-                    namespace: &self.config.namespace,
-                    token: self.config.token.as_deref().unwrap_or_default(),
-                    declared_port: self.config.declared_port,
-                    resume: None,
-                })
-                .encode(buf);
-                self.phase = Phase::Hello;
-                // The first heartbeat rides with the Hello, saving a round trip.
-                self.send_pending(now, buf);
-            }
-            Phase::Hello | Phase::Closed => {}
+        let config = &self.config;
+        let hello = || Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Publisher,
+            namespace: &config.namespace,
+            token: config.token.as_deref().unwrap_or_default(),
+            declared_port: config.declared_port,
+            resume: None,
+        };
+        match self.core.transmit(buf, hello) {
+            // The first heartbeat rides with the Hello, saving a round trip.
+            Phase::Start => self.send_pending(now, buf),
             Phase::Accepted => {
                 let due = |after: Duration| self.last_sent.and_then(|t| t.checked_add(after)).is_none_or(|t| now >= t);
                 if self.pending.is_some() && due(self.interval()) {
@@ -227,10 +209,7 @@ impl Publisher {
                     }
                 }
             }
-            Phase::Leaving => {
-                Frame::Goodbye.encode(buf);
-                self.phase = Phase::Closed;
-            }
+            Phase::Hello | Phase::Leaving | Phase::Closed => {}
         }
         buf.len() > start
     }
@@ -246,37 +225,59 @@ impl Publisher {
     /// Feeds bytes read from the server, cut anywhere. An error means the
     /// driver closes the connection with [`Error::code`].
     pub fn handle_input(&mut self, _now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        if self.phase == Phase::Closed {
-            return Ok(());
-        }
-        let Publisher { decoder, phase, welcome, events, .. } = self;
-        let result = decoder.decode(bytes, |frame| {
-            match (*phase, frame) {
-                (Phase::Closed, _) | (_, Frame::Unknown { .. }) => {}
-                (Phase::Hello, Frame::Welcome(w)) => {
-                    *phase = Phase::Accepted;
-                    *welcome = Some(w.clone());
-                    events.push_back(PublisherEvent::Accepted(w));
+        let events = &mut self.events;
+        self.core.handle_input(bytes, |input| {
+            match input {
+                Input::Welcome(w) => events.push_back(PublisherEvent::Accepted(w.clone())),
+                Input::Rejected(code, reason) => {
+                    events.push_back(PublisherEvent::Rejected { code, reason: reason.to_owned() })
                 }
-                (_, Frame::Reject(r)) => {
-                    *phase = Phase::Closed;
-                    events.push_back(PublisherEvent::Rejected { code: r.code, reason: r.reason.to_owned() });
-                }
-                (Phase::Leaving, Frame::Welcome(_)) => {}
-                (_, frame) => {
+                // A Welcome after this publisher's Goodbye was queued, to a
+                // Hello it sent before: nothing to act on.
+                Input::Frame(Phase::Leaving, Frame::Welcome(_)) => {}
+                Input::Frame(_, frame) => {
                     return Err(Error::UnexpectedFrame { frame: frame.frame_type(), context: "at a publisher" })
                 }
             }
             Ok(())
-        });
-        if result.is_err() {
-            self.phase = Phase::Closed;
-        }
-        result
+        })
     }
 
     /// The next event, if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<PublisherEvent> {
         self.events.pop_front()
+    }
+}
+
+impl ClientRole for Publisher {
+    type Event = PublisherEvent;
+
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
+        Publisher::handle_input(self, now, bytes)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Publisher::handle_timeout(self, now);
+    }
+    fn shutdown(&mut self, now: Instant) {
+        Publisher::shutdown(self, now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        Publisher::poll_transmit(self, now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Publisher::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<PublisherEvent> {
+        Publisher::poll_event(self)
+    }
+    fn welcome(&self) -> Option<&Welcome> {
+        Publisher::welcome(self)
+    }
+    fn rejection(&self) -> Option<(ErrorCode, &str)> {
+        Publisher::rejection(self)
+    }
+    fn is_closed(&self) -> bool {
+        Publisher::is_closed(self)
     }
 }

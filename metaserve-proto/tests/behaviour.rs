@@ -460,7 +460,7 @@ fn unsupported_version() {
     let (mut world, mut bystanders) = with_bystanders(RegistryConfig::default());
     let before = world.registry.stats();
     let mut publisher = Publisher::new(PublisherConfig::new(NS), world.now);
-    publisher.poll_transmit(world.now, &mut Vec::new()); // its own Hello is replaced by ours
+    let _ = publisher.poll_transmit(world.now, &mut Vec::new()); // its own Hello is replaced by ours
     let conn = world.accept(addr("192.0.2.1:27960"));
     let err = world.send_raw(conn, &hello_bytes(2, Role::Publisher, NS, b"")).unwrap_err();
     assert_eq!(err.code(), ErrorCode::UNSUPPORTED_VERSION);
@@ -564,7 +564,7 @@ fn frame_too_large() {
 
     // Before any Hello, from a header alone: the payload never has to arrive.
     let mut browser = Browser::new(BrowserConfig::new(NS));
-    browser.poll_transmit(world.now, &mut Vec::new());
+    let _ = browser.poll_transmit(world.now, &mut Vec::new());
     let conn = world.accept(addr("198.51.100.1:1"));
     let header = [0x04, 0x80, 0x10, 0x00, 0x00]; // Heartbeat, 1 MiB payload
     assert_eq!(world.send_raw(conn, &header).unwrap_err().code(), ErrorCode::FRAME_TOO_LARGE);
@@ -732,7 +732,7 @@ fn handshake_timeout() {
 
     // Half a Hello does not count.
     let mut hello = Vec::new();
-    browser.poll_transmit(world.now, &mut hello);
+    let _ = browser.poll_transmit(world.now, &mut hello);
     world.send_raw(conn, &hello[..hello.len() / 2]).unwrap();
     world.advance(timeout - millis(1));
     assert!(world.closed(conn).is_empty());
@@ -872,7 +872,7 @@ fn protocol_violations() {
 
     // A heartbeat before Hello.
     let mut publisher = Publisher::new(PublisherConfig::new(NS), world.now);
-    publisher.poll_transmit(world.now, &mut Vec::new());
+    let _ = publisher.poll_transmit(world.now, &mut Vec::new());
     let conn = world.accept(addr("192.0.2.1:27960"));
     let err = world.send_raw(conn, &encode(&Frame::Heartbeat { blob: b"early" })).unwrap_err();
     assert_eq!(err.code(), ErrorCode::PROTOCOL_VIOLATION);
@@ -895,7 +895,7 @@ fn protocol_violations() {
 
     // A malformed frame (Hello with an unknown role).
     let mut publisher = Publisher::new(PublisherConfig::new(NS), world.now);
-    publisher.poll_transmit(world.now, &mut Vec::new());
+    let _ = publisher.poll_transmit(world.now, &mut Vec::new());
     let conn = world.accept(addr("192.0.2.3:27960"));
     let err = world.send_raw(conn, &[0x01, 0x02, 0x01, 0x07]).unwrap_err();
     assert_eq!(err.code(), ErrorCode::PROTOCOL_VIOLATION);
@@ -1358,7 +1358,7 @@ mod arbitrary {
             let now = std::time::Instant::now();
             let mut publisher = Publisher::new(PublisherConfig::new(NS), now);
             publisher.set_heartbeat("x".into(), now).unwrap();
-            publisher.poll_transmit(now, &mut Vec::new());
+            let _ = publisher.poll_transmit(now, &mut Vec::new());
             if welcomed {
                 publisher.handle_input(now, &encode(&Frame::Welcome(welcome(true)))).unwrap();
                 prop_assert!(matches!(publisher.poll_event(), Some(PublisherEvent::Accepted(_))));
@@ -1385,7 +1385,7 @@ mod arbitrary {
                 decode_all(&out);
             }
             publisher.shutdown(now);
-            publisher.poll_transmit(now, &mut Vec::new());
+            let _ = publisher.poll_transmit(now, &mut Vec::new());
             prop_assert!(publisher.is_closed());
         }
 
@@ -1393,7 +1393,7 @@ mod arbitrary {
         fn a_browser_survives_arbitrary_bytes(welcomed in any::<bool>(), (bytes, cuts) in stream()) {
             let now = std::time::Instant::now();
             let mut browser = Browser::new(BrowserConfig { max_entries: 4, ..BrowserConfig::new(NS) });
-            browser.poll_transmit(now, &mut Vec::new());
+            let _ = browser.poll_transmit(now, &mut Vec::new());
             if welcomed {
                 browser.handle_input(now, &encode(&Frame::Welcome(welcome(false)))).unwrap();
             }
@@ -1413,7 +1413,7 @@ mod arbitrary {
                 while browser.poll_event().is_some() {}
                 let _ = browser.resume_point();
                 let mut out = Vec::new();
-                browser.poll_transmit(now, &mut out);
+                let _ = browser.poll_transmit(now, &mut out);
                 decode_all(&out);
             }
             if !failed {

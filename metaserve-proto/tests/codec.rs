@@ -877,7 +877,7 @@ fn roles_skip_unknown_frames() {
 
     let mut publisher = Publisher::new(PublisherConfig::new("quake3"), now);
     let mut out = Vec::new();
-    publisher.poll_transmit(now, &mut out);
+    let _ = publisher.poll_transmit(now, &mut out);
     let mut input = unknown.clone();
     input.extend(example("welcome-publisher"));
     input.extend(&unknown);
@@ -885,7 +885,7 @@ fn roles_skip_unknown_frames() {
     assert!(matches!(publisher.poll_event(), Some(PublisherEvent::Accepted(_))));
 
     let mut browser = Browser::new(BrowserConfig::new("quake3"));
-    browser.poll_transmit(now, &mut out);
+    let _ = browser.poll_transmit(now, &mut out);
     let mut input = unknown.clone();
     input.extend(example("welcome-browser"));
     input.extend(&unknown);

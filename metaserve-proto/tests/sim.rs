@@ -562,7 +562,7 @@ impl Sim {
             // A browser's Hello, then a heartbeat it may not send.
             1 => {
                 let mut hello = Browser::new(BrowserConfig::new(NAMESPACES[0]));
-                hello.poll_transmit(self.now, &mut bytes);
+                let _ = hello.poll_transmit(self.now, &mut bytes);
                 bytes.extend([0x04, 0x01, 0x00]);
             }
             // Noise after an unknown frame type.

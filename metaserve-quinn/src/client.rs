@@ -334,7 +334,7 @@ pub async fn browse(connection: &Connection, options: BrowseOptions) -> Result<B
 pub async fn browse_with(connection: &Connection, mut browser: Browser) -> Result<Browse, ClientError> {
     let (mut send, recv) = connection.open_bi().await?;
     let mut hello = Vec::new();
-    browser.poll_transmit(Instant::now(), &mut hello);
+    let _ = browser.poll_transmit(Instant::now(), &mut hello);
     send.write_all(&hello).await?;
     let mut browse = Browse { browser, send, recv, ended: false };
     poll_fn(|cx| browse.poll_welcome(cx)).await?;
@@ -391,7 +391,7 @@ impl Browse {
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.browser.shutdown(Instant::now());
         let mut goodbye = Vec::new();
-        self.browser.poll_transmit(Instant::now(), &mut goodbye);
+        let _ = self.browser.poll_transmit(Instant::now(), &mut goodbye);
         self.send.write_all(&goodbye).await?;
         let _ = self.send.finish();
         Ok(())

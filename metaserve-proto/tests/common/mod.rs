@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use metaserve_proto::frame::Frame;
 use metaserve_proto::{
-    Browser, BrowserConfig, BrowserEvent, ConnectionHandle, DecodeError, Error, ErrorCode, Event, FrameDecoder,
-    Publisher, PublisherConfig, PublisherEvent, Registry, RegistryConfig, Server, Welcome,
+    Browser, BrowserConfig, BrowserEvent, ClientRole, ConnectionHandle, DecodeError, Error, ErrorCode, Event,
+    FrameDecoder, Publisher, PublisherConfig, PublisherEvent, Registry, RegistryConfig, Server, Welcome,
 };
 
 /// The namespace most tests use.
@@ -82,22 +82,20 @@ pub fn encode(frame: &Frame<'_>) -> Vec<u8> {
     buf
 }
 
-/// The client side of a connection, so that rejection checks work for both roles.
+/// Either client role, as a trait object (the roles' [`ClientRole`] has
+/// an event type of each role's own), so that rejection checks work for both.
 pub trait Client {
     /// `poll_transmit` of the role.
     fn transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool;
     /// `handle_input` of the role.
     fn input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error>;
-    /// Drains the role's events and returns the code of a `Rejected` among them.
+    /// Drains the role's events and returns the Reject it received, if any.
     fn rejection(&mut self) -> Option<(ErrorCode, String)>;
     /// Whether a Welcome arrived.
     fn welcomed(&self) -> bool;
 }
 
-impl Client for Publisher {
-    fn welcomed(&self) -> bool {
-        self.welcome().is_some()
-    }
+impl<R: ClientRole> Client for R {
     fn transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         self.poll_transmit(now, buf)
     }
@@ -105,36 +103,11 @@ impl Client for Publisher {
         self.handle_input(now, bytes)
     }
     fn rejection(&mut self) -> Option<(ErrorCode, String)> {
-        let mut found = None;
-        while let Some(event) = self.poll_event() {
-            if let PublisherEvent::Rejected { code, reason } = event {
-                assert!(found.is_none(), "two Rejected events");
-                found = Some((code, reason));
-            }
-        }
-        found
+        while self.poll_event().is_some() {}
+        ClientRole::rejection(self).map(|(code, reason)| (code, reason.to_owned()))
     }
-}
-
-impl Client for Browser {
     fn welcomed(&self) -> bool {
         self.welcome().is_some()
-    }
-    fn transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        self.poll_transmit(now, buf)
-    }
-    fn input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        self.handle_input(now, bytes)
-    }
-    fn rejection(&mut self) -> Option<(ErrorCode, String)> {
-        let mut found = None;
-        while let Some(event) = self.poll_event() {
-            if let BrowserEvent::Rejected { code, reason } = event {
-                assert!(found.is_none(), "two Rejected events");
-                found = Some((code, reason));
-            }
-        }
-        found
     }
 }
 
