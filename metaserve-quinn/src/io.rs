@@ -131,7 +131,14 @@ impl Timer {
             self.inner.as_mut().reset(at);
             self.armed = Some(at);
         }
-        self.inner.as_mut().poll(cx)
+        let fired = self.inner.as_mut().poll(cx);
+        if fired.is_ready() {
+            // Some runtimes' timers (async-io's, under async-std and smol)
+            // are spent once they fired: the next call re-arms, and a
+            // passed instant fires again at once, as tokio's would.
+            self.armed = None;
+        }
+        fired
     }
 
     /// Waits until `at`.

@@ -43,8 +43,9 @@ struct Conn {
     /// Wakes the connection's task when its session is ended from elsewhere
     /// (a timeout, a ban, a takeover, shutdown).
     waker: Option<std::task::Waker>,
-    /// The session ended: close with this code and reason by the deadline.
-    closing: Option<(Instant, ErrorCode, String)>,
+    /// The session ended: close with this code and reason, after the final
+    /// frames or within [`CLOSE_LINGER`] of the task's seeing it.
+    closing: Option<(ErrorCode, String)>,
 }
 
 #[derive(Debug)]
@@ -137,7 +138,7 @@ impl State {
                         tracing::info!(peer = %conn.connection.remote_address(), %code, %reason, "closing connection");
                     }
                     if conn.streaming {
-                        conn.closing = Some((Instant::now() + CLOSE_LINGER, code, reason));
+                        conn.closing = Some((code, reason));
                         if let Some(waker) = conn.waker.take() {
                             waker.wake();
                         }
@@ -524,8 +525,10 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
         let mut state = shared.lock();
         match state.connections.get_mut(&handle) {
             Some(conn) => conn.streaming = true,
-            // Ended (and closed) while the stream was on its way.
-            None => return End::Closed { finished: false },
+            None => {
+                debug_assert!(false, "only the connection's own task removes its Conn");
+                return End::Closed { finished: false };
+            }
         }
         Outbox::new(state.registry.config().transmit_chunk)
     };
@@ -536,6 +539,9 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
     // with no read buffer per connection.
     let mut chunks: [Bytes; 4] = Default::default();
     let mut finished = false;
+    // When the linger of an ended session ends: CLOSE_LINGER after this task
+    // first saw the end, on the runtime's clock.
+    let mut linger: Option<Instant> = None;
     let closing = poll_fn(|cx| {
         for _ in 0..BUDGET {
             if let Poll::Ready(result) = extra_bi.as_mut().poll(cx) {
@@ -584,12 +590,16 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
                 });
                 let final_frames_taken = state.registry.poll_close(handle).is_some();
                 let Some(conn) = state.connections.get_mut(&handle) else {
+                    debug_assert!(false, "only the connection's own task removes its Conn");
                     return Poll::Ready(Err(End::Closed { finished }));
                 };
                 if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     conn.waker = Some(cx.waker().clone());
                 }
-                let closing = conn.closing.clone();
+                let closing = conn
+                    .closing
+                    .clone()
+                    .map(|(code, reason)| (*linger.get_or_insert(now + CLOSE_LINGER), code, reason));
                 // A browser's update deadline only leads to more output: while
                 // output waits for the stream (whose writability wakes this
                 // task), a passed deadline is no progress. Counting it made a
@@ -629,7 +639,16 @@ async fn drive(shared: &Shared, runtime: &dyn Runtime, connection: &Connection, 
     .await;
     let (deadline, code, reason) = match closing {
         Ok(closing) => closing,
-        Err(end) => return end,
+        Err(end @ End::Connection(_)) => return end,
+        Err(end) => {
+            // The peer broke its stream or opened another after the session
+            // had ended: it is still told the registry's close, at once.
+            let ended = shared.lock().connections.get(&handle).and_then(|c| c.closing.clone());
+            match ended {
+                Some((code, reason)) => (runtime.now(), code, reason),
+                None => return end,
+            }
+        }
     };
     // Finish the stream and wait (until the linger's deadline) for the peer
     // to acknowledge all of it, so the close cannot overtake the final frames.

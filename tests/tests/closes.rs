@@ -154,3 +154,19 @@ async fn every_error_close_carries_its_reject() {
     }
     assert_eq!(rejects, cases.len() - 1);
 }
+
+/// A client that stops reading the session stream (STOP_SENDING) in the
+/// same breath as a refused Hello still gets the registry's close code and
+/// reason, not a bare code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_the_stream_still_gets_the_close_code() {
+    let daemon = Daemon::start(&[]).await;
+    let endpoint = daemon.endpoint(2);
+    for _ in 0..5 {
+        let mut client = RawClient::connect(&daemon, &endpoint).await;
+        client.recv.stop(0u32.into()).unwrap();
+        client.write(&[0x01, 0x03, 0x02, 0x05, 0x00]).await;
+        let (code, reason) = close_code(&client.connection).await;
+        assert_eq!(code, ErrorCode::UNSUPPORTED_VERSION, "{reason}");
+    }
+}
