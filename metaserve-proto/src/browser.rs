@@ -410,6 +410,23 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::PROTOCOL_VIOLATION);
     }
 
+    /// Shut down before the Welcome came (it may arrive with the final
+    /// frames of the server's close): the Welcome is no error, and the
+    /// Goodbye still goes out. Found by the registry fuzz target
+    /// (`fuzz/corpus/registry/seed-regression-welcome-while-leaving`).
+    #[test]
+    fn a_welcome_after_shutdown_is_no_error() {
+        let now = Instant::now();
+        let mut browser = Browser::new(BrowserConfig::new("q"));
+        assert!(browser.poll_transmit(now, &mut Vec::new()));
+        browser.shutdown(now);
+        browser.handle_input(now, &welcome(7)).unwrap();
+        let mut goodbye = Vec::new();
+        assert!(browser.poll_transmit(now, &mut goodbye));
+        assert_eq!(goodbye, [0x05, 0x00]);
+        assert!(browser.is_closed());
+    }
+
     /// A Welcome of another epoch drops the cursor: no resume point until
     /// the fresh snapshot's Synced, and revisions count from the Reset.
     #[test]

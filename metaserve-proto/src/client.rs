@@ -165,6 +165,10 @@ impl ClientCore {
                 *phase = Phase::Accepted;
                 role(Input::Welcome(welcome.insert(w)))
             }
+            // The answer to a Hello sent before the caller shut the role down
+            // (it may come with the final frames of the server's close):
+            // nothing to act on, the Goodbye is on its way.
+            (Phase::Leaving, Frame::Welcome(_)) => Ok(()),
             (now, frame) => role(Input::Frame(now, frame)),
         });
         if result.is_err() {

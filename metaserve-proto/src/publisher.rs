@@ -232,9 +232,6 @@ impl Publisher {
                 Input::Rejected(code, reason) => {
                     events.push_back(PublisherEvent::Rejected { code, reason: reason.to_owned() })
                 }
-                // A Welcome after this publisher's Goodbye was queued, to a
-                // Hello it sent before: nothing to act on.
-                Input::Frame(Phase::Leaving, Frame::Welcome(_)) => {}
                 Input::Frame(_, frame) => {
                     return Err(Error::UnexpectedFrame { frame: frame.frame_type(), context: "at a publisher" })
                 }
