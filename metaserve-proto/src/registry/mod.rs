@@ -545,7 +545,7 @@ impl Registry {
         match &mut session.state {
             State::Handshaking => {}
             State::Closing { tail, .. } => buf.append(tail),
-            State::Publisher(p) => p.poll_transmit(&self.config, self.epoch, buf),
+            State::Publisher(p) => p.poll_welcome(&self.config, self.epoch, buf),
             State::Browser(b) => {
                 let Some(ns) = self.namespaces.get_mut(b.ns) else {
                     debug_assert!(false, "invariant: a browser's namespace exists");

@@ -114,12 +114,12 @@ impl State {
     /// was due, then `reject` (the Reject of an error close). The Welcome
     /// goes first because the session was accepted, then ended, and the
     /// client is told both, in that order.
-    pub(super) fn final_frames(&self, config: &RegistryConfig, epoch: u64, reject: Option<Reject<'_>>) -> Vec<u8> {
+    pub(super) fn final_frames(&mut self, config: &RegistryConfig, epoch: u64, reject: Option<Reject<'_>>) -> Vec<u8> {
         let mut tail = Vec::new();
         match self {
-            State::Publisher(p) if p.welcome_pending => Frame::Welcome(p.welcome(config, epoch)).encode(&mut tail),
-            State::Browser(b) if b.welcome_pending => Frame::Welcome(welcome(config, epoch, None)).encode(&mut tail),
-            _ => {}
+            State::Publisher(p) => p.poll_welcome(config, epoch, &mut tail),
+            State::Browser(b) => b.poll_welcome(config, epoch, &mut tail),
+            State::Handshaking | State::Closing { .. } => {}
         }
         if let Some(reject) = reject {
             Frame::Reject(reject).encode(&mut tail);
@@ -129,8 +129,8 @@ impl State {
 }
 
 impl Publishing {
-    /// Appends the Welcome if it is due.
-    pub(super) fn poll_transmit(&mut self, config: &RegistryConfig, epoch: u64, buf: &mut Vec<u8>) {
+    /// Appends the Welcome if it is due: all a publisher's session sends.
+    pub(super) fn poll_welcome(&mut self, config: &RegistryConfig, epoch: u64, buf: &mut Vec<u8>) {
         if std::mem::take(&mut self.welcome_pending) {
             Frame::Welcome(self.welcome(config, epoch)).encode(buf);
         }
@@ -149,6 +149,13 @@ impl Publishing {
 }
 
 impl Browsing {
+    /// Appends the Welcome if it is due.
+    pub(super) fn poll_welcome(&mut self, config: &RegistryConfig, epoch: u64, buf: &mut Vec<u8>) {
+        if std::mem::take(&mut self.welcome_pending) {
+            Frame::Welcome(welcome(config, epoch, None)).encode(buf);
+        }
+    }
+
     /// Appends the Welcome if it is due, then, once the update interval has
     /// passed, the changes past the cursor from `log` (this browser's
     /// namespace's), at most about `transmit_chunk` bytes per call, ending a
@@ -163,9 +170,7 @@ impl Browsing {
         buf: &mut Vec<u8>,
     ) {
         let start = buf.len();
-        if std::mem::take(&mut self.welcome_pending) {
-            Frame::Welcome(welcome(config, epoch, None)).encode(buf);
-        }
+        self.poll_welcome(config, epoch, buf);
         if !self.flushing && now >= self.next_flush {
             self.flushing = log.last_rev() > self.cursor.rev;
             self.next_flush = deadline(now, config.update_interval).unwrap_or(now);
