@@ -85,6 +85,12 @@ pub fn cannot_run(test: &str, what: &str, install: &str) {
     }
 }
 
+/// The file `name` in a directory of `PATH`, if there is one.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
 /// Where the daemon binary is: `$METASERVE_DAEMON`, or next to the test
 /// executables' directory (`target/<profile>/metaserve-daemon`).
 pub fn daemon_binary() -> PathBuf {

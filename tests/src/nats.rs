@@ -25,8 +25,7 @@ pub fn nats_server_binary() -> Option<PathBuf> {
     if installed.is_file() {
         return Some(installed);
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("nats-server")).find(|p| p.is_file())
+    crate::on_path("nats-server")
 }
 
 /// A running `nats-server -js`, killed on drop.

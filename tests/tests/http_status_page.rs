@@ -36,20 +36,15 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--window-size=1200,900",
 ];
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
-}
-
 /// The chromium binary and chromedriver, if installed.
 fn tools() -> Option<(PathBuf, PathBuf)> {
     // Debian's /usr/bin/chromium is a wrapper script; chromedriver wants the binary.
     let chromium = [Path::new("/usr/lib/chromium/chromium").to_owned()]
         .into_iter()
         .find(|p| p.is_file())
-        .or_else(|| on_path("chromium"))
-        .or_else(|| on_path("chromium-browser"))?;
-    let driver = on_path("chromedriver")?;
+        .or_else(|| metaserve_tests::on_path("chromium"))
+        .or_else(|| metaserve_tests::on_path("chromium-browser"))?;
+    let driver = metaserve_tests::on_path("chromedriver")?;
     Some((chromium, driver))
 }
 
